@@ -1,0 +1,45 @@
+"""
+The hub's HTTP/1.1 client, borrowed from Twisted.
+
+The hub is the HTTP client on every attached slot, over a transport it
+*accepted*.  Twisted's public Agent only dials out, but the protocol under
+it, ``HTTP11ClientProtocol`` in the private module
+``twisted.web._newclient``, works over any transport and already handles
+framing, HEAD/204/304 and persistent connections.  This module is the only
+place pothead imports that private module; ``tests/test_client.py`` pins
+every behaviour of it that the hub relies on, so a Twisted upgrade that
+changes one fails there first.
+
+What the hub relies on:
+
+- ``HTTP11ClientProtocol(quiescentCallback)`` calls the callback when a
+  response has been read completely and the connection may carry another
+  request; it closes the connection itself after ``Connection: close``.
+- The quiescent callback runs *before* the response body's protocol sees
+  ``ResponseDone``, so the next request must not be issued from it.
+- A connection lost before any response byte fails the request with
+  ``ResponseNeverReceived``; one lost later, or a malformed response, with
+  ``ResponseFailed``.
+- For a non-HEAD response ``Content-Length`` is not in ``response.headers``
+  but in ``response.length``; for HEAD it stays in the headers.
+"""
+
+from twisted.web._newclient import (
+    HTTP11ClientProtocol,
+    Request,
+    RequestGenerationFailed,
+    RequestNotSent,
+    RequestTransmissionFailed,
+    ResponseFailed,
+    ResponseNeverReceived,
+)
+
+__all__ = [
+    "HTTP11ClientProtocol",
+    "Request",
+    "RequestGenerationFailed",
+    "RequestNotSent",
+    "RequestTransmissionFailed",
+    "ResponseFailed",
+    "ResponseNeverReceived",
+]

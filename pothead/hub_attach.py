@@ -1,0 +1,205 @@
+"""
+The hub's worker port: accept a worker's attach request, check it, and
+turn the connection into a slot of the pool it names.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+from urllib.parse import unquote
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.web.http_headers import Headers
+
+from pothead.attach import (
+    ATTACH_PATH,
+    DEFAULT_POOL,
+    HTTP11_ALPN,
+    UPGRADE_TOKENS,
+    HeadReceiver,
+    header_tokens,
+)
+from pothead.pool import Pool
+from pothead.slot import Slot
+from pothead.tokens import TokenCheck
+
+_log = Logger()
+
+_REASONS = {
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    404: b"Not Found",
+    426: b"Upgrade Required",
+}
+
+
+class AttachRefused(Exception):
+    """
+    An attach request the hub will not accept.
+
+    :ivar code: the HTTP status to answer with.
+    :ivar why: what was wrong, for the worker and the log.
+    :ivar headers: extra response headers.
+    """
+
+    def __init__(self, code: int, why: str, headers: tuple[bytes, ...] = ()) -> None:
+        super().__init__(code, why)
+        self.code = code
+        self.why = why
+        self.headers = headers
+
+
+def check_attach(
+    start_line: bytes,
+    headers: Headers,
+    pools: Mapping[str, Pool],
+    token_check: TokenCheck,
+) -> tuple[Pool, bytes]:
+    """
+    Decide on one attach request.
+
+    :param start_line: its request line.
+    :param headers: its headers.
+    :param pools: the hub's pools, by name.
+    :param token_check: the hub's token policy.
+    :return: the pool to join and the upgrade token to answer with.
+    :raise AttachRefused: when the request is not an acceptable attach.
+    """
+    parts = start_line.split(b" ")
+    if len(parts) != 3 or parts[2] != b"HTTP/1.1":
+        raise AttachRefused(400, "not an HTTP/1.1 request line")
+    method, target, _ = parts
+    if method not in (b"GET", b"POST"):
+        raise AttachRefused(400, "attach with GET, or POST with an empty body")
+    for length in headers.getRawHeaders(b"content-length", ()):
+        if length.strip() != b"0":
+            raise AttachRefused(400, "an attach request has no body")
+    if headers.hasHeader(b"transfer-encoding"):
+        raise AttachRefused(400, "an attach request has no body")
+    if not target.startswith(ATTACH_PATH):
+        raise AttachRefused(400, "not an attach request: path must start with /pothead/v1/attach/")
+    if not token_check.accepts(headers.getRawHeaders(b"authorization", [b""])[0]):
+        raise AttachRefused(
+            401, "missing or wrong bearer token", (b"WWW-Authenticate: Bearer",)
+        )
+    name = unquote(target[len(ATTACH_PATH):].decode("ascii", "replace")) or DEFAULT_POOL
+    pool = pools.get(name)
+    if pool is None:
+        raise AttachRefused(404, f"no pool named {name!r}")
+    upgrade = _chosen_upgrade(headers)
+    if b"upgrade" not in (t.lower() for t in header_tokens(headers, b"connection")):
+        raise AttachRefused(400, "Connection: Upgrade is required")
+    return pool, upgrade
+
+
+def _chosen_upgrade(headers: Headers) -> bytes:
+    """
+    The first upgrade token offered that the hub speaks, checking that
+    the transposed protocol, if named, is HTTP/1.1.
+    """
+    offered = header_tokens(headers, b"upgrade")
+    chosen = next(
+        (t for t in offered if t.lower() in (u.lower() for u in UPGRADE_TOKENS)), None
+    )
+    upgrade_required = (b"Upgrade: " + UPGRADE_TOKENS[0], b"Connection: Upgrade")
+    if chosen is None:
+        raise AttachRefused(426, "upgrade to ptth is required", upgrade_required)
+    alpn = header_tokens(headers, b"alpn")
+    if alpn and HTTP11_ALPN.lower() not in (a.lower() for a in alpn):
+        raise AttachRefused(426, "the hub speaks only http/1.1 after the upgrade", upgrade_required)
+    return chosen
+
+
+class AttachServer(HeadReceiver):
+    """
+    One connection on the worker port, until it attaches or is refused.
+    """
+
+    def __init__(
+        self,
+        pools: Mapping[str, Pool],
+        token_check: TokenCheck,
+        timeout: float,
+        clock: IReactorTime,
+        make_slot: Callable[[Pool, str], Slot],
+    ) -> None:
+        super().__init__()
+        self._pools = pools
+        self._token_check = token_check
+        self.timeout = timeout
+        self.callLater = clock.callLater
+        self._make_slot = make_slot
+
+    def head_received(self, start_line: bytes, headers: Headers) -> None:
+        peer = self.transport.getPeer()
+        worker = headers.getRawHeaders(b"pothead-worker", [b""])[0].decode("utf-8", "replace")
+        name = f"{worker or 'unnamed'}@{_address(peer)}"
+        try:
+            pool, upgrade = check_attach(start_line, headers, self._pools, self._token_check)
+        except AttachRefused as refusal:
+            _log.warn(
+                "refused attach from {worker}: {code} {why}",
+                worker=name,
+                code=refusal.code,
+                why=refusal.why,
+            )
+            self._refuse(refusal)
+            return
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+            b"Upgrade: " + upgrade + b"\r\nALPN: " + HTTP11_ALPN + b"\r\n\r\n"
+        )
+        _log.info("worker {worker} attached to pool {pool}", worker=name, pool=pool.name)
+        self.switch_to(self._make_slot(pool, name))
+
+    def head_failed(self, why: str) -> None:
+        _log.warn(
+            "dropped worker-port connection from {peer}: {why}",
+            peer=_address(self.transport.getPeer()),
+            why=why,
+        )
+        super().head_failed(why)
+
+    def _refuse(self, refusal: AttachRefused) -> None:
+        body = refusal.why.encode("utf-8") + b"\n"
+        head = [
+            b"HTTP/1.1 %d %s" % (refusal.code, _REASONS[refusal.code]),
+            b"Content-Type: text/plain; charset=utf-8",
+            b"Content-Length: %d" % (len(body),),
+            b"Connection: close",
+            *refusal.headers,
+        ]
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
+        self.transport.loseConnection()
+
+
+def _address(peer) -> str:
+    host = getattr(peer, "host", None)
+    if host is None:
+        return str(getattr(peer, "name", None) or "unix")
+    return f"{host}:{peer.port}"
+
+
+class WorkerPortFactory(Factory):
+    """
+    Build an L{AttachServer} for each connection on the worker port.
+    """
+
+    def __init__(
+        self,
+        pools: Mapping[str, Pool],
+        token_check: TokenCheck,
+        attach_timeout: float,
+        clock: IReactorTime,
+    ) -> None:
+        self._pools = pools
+        self._token_check = token_check
+        self._attach_timeout = attach_timeout
+        self._clock = clock
+
+    def buildProtocol(self, addr) -> AttachServer:
+        return AttachServer(
+            self._pools, self._token_check, self._attach_timeout, self._clock, Slot
+        )

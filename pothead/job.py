@@ -1,0 +1,242 @@
+"""
+A job: one consumer request, from the moment the hub queues it until its
+consumer has the whole answer.
+
+The job owns the consumer side of the exchange: what to send to a worker,
+how to relay the worker's response back with backpressure, and how to
+answer the consumer itself when no worker can.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Callable
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
+from twisted.web.client import ResponseDone
+from twisted.web.server import Request as ConsumerRequest
+
+from pothead.body import BufferedBody, body_size
+from pothead.client import Request
+from pothead.headers import add_forwarded, end_to_end
+
+if TYPE_CHECKING:
+    from pothead.pool import Pool
+    from pothead.slot import Slot
+
+#: Methods a worker may safely be sent twice (RFC 9110 section 9.2.2).
+IDEMPOTENT = frozenset(
+    {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"}
+)
+
+#: Status codes whose responses never carry a body, so no length either.
+_NO_BODY = (204, 304)
+
+_log = Logger()
+
+
+class Job:
+    """
+    One consumer request waiting for, or being served by, a worker slot.
+
+    :ivar arrived: when the hub received the request, by the hub's clock.
+    :ivar attempts: how many times the job was sent to a worker.
+    :ivar handed_back: how many times a worker answered it with the requeue
+        signal.
+    :ivar slot: the slot serving it now, or L{None} while queued.
+    :ivar gone: whether the consumer disconnected before its answer was done.
+    """
+
+    def __init__(self, request: ConsumerRequest, pool: Pool, clock: IReactorTime) -> None:
+        self.request = request
+        self.pool = pool
+        self.arrived = clock.seconds()
+        self.attempts = 0
+        self.handed_back = 0
+        self.slot: Slot | None = None
+        self.gone = False
+        self._outbound_headers = self._forwarded_headers(request)
+        length = body_size(request.content)
+        self._body = None
+        if length or _declares_body(request):
+            self._body = BufferedBody(request.content, length)
+        request.notifyFinish().addErrback(self._consumer_lost)
+
+    @property
+    def method(self) -> bytes:
+        return self.request.method
+
+    @property
+    def idempotent(self) -> bool:
+        return self.request.method in IDEMPOTENT
+
+    @staticmethod
+    def _forwarded_headers(request: ConsumerRequest):
+        headers = end_to_end(request.requestHeaders)
+        host = request.requestHeaders.getRawHeaders(b"host")
+        if not host:
+            here = request.getHost()
+            headers.setRawHeaders(b"Host", [b"%s:%d" % (here.host.encode(), here.port)])
+        proto = b"https" if request.isSecure() else b"http"
+        peer = request.getClientAddress()
+        add_forwarded(
+            headers, getattr(peer, "host", "unix"), proto, host[0] if host else None
+        )
+        return headers
+
+    def outbound(self) -> Request:
+        """
+        The HTTP/1.1 request to send to a worker for this job, fresh for
+        every attempt.
+        """
+        self.attempts += 1
+        return Request(
+            self.request.method,
+            self.request.uri,
+            self._outbound_headers,
+            self._body,
+            persistent=True,
+        )
+
+    def queue(self) -> None:
+        """
+        Join the end of the pool's queue.
+        """
+        self.pool.put(self)
+
+    def requeue(self) -> None:
+        """
+        Go back to the head of the pool's queue, unprocessed.
+        """
+        self.slot = None
+        self.pool.put_first(self)
+
+    def _consumer_lost(self, reason: Failure) -> None:
+        # Queued: leave the line, so no worker ever sees this request.
+        # Being served: drop that worker connection, so the rest of the
+        # response can never reach the next job's consumer.
+        self.gone = True
+        if self.slot is None:
+            self.pool.discard(self)
+        else:
+            self.slot.abort()
+
+    def relay(self, response: IResponse, done: Callable[[Failure], None]) -> None:
+        """
+        Send the worker's response to the consumer: status, reason phrase,
+        every end-to-end header, then the body as it arrives.
+
+        :param response: the worker's response, body not yet delivered.
+        :param done: called with the reason the body ended.
+        """
+        request = self.request
+        if self.gone:
+            response.deliverBody(Discard(done))
+            return
+        request.setResponseCode(response.code, response.phrase)
+        headers = end_to_end(response.headers)
+        if request.method == b"HEAD":
+            length = response.headers.getRawHeaders(b"content-length")
+            if length:
+                headers.setRawHeaders(b"Content-Length", length[-1:])
+        elif response.length is not UNKNOWN_LENGTH and response.code not in _NO_BODY:
+            headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+        request.responseHeaders = headers
+        response.deliverBody(_BodyRelay(self, done))
+
+    def answer(
+        self, code: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+    ) -> None:
+        """
+        Answer the consumer from the hub itself, when no worker will.
+
+        A consumer that already has part of a worker's response is cut off
+        instead: a truncated body must never look complete.
+        """
+        request = self.request
+        if self.gone or request.finished:
+            return
+        if request.startedWriting:
+            self.abort()
+            return
+        body = (message + "\n").encode("utf-8")
+        request.setResponseCode(code)
+        request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
+        for name, value in headers:
+            request.responseHeaders.setRawHeaders(name, [value])
+        request.write(body)
+        request.finish()
+
+    def abort(self) -> None:
+        """
+        Cut the consumer's connection: it gets no more of this response.
+        """
+        self.gone = True
+        self.request.channel.transport.abortConnection()
+
+
+class _BodyRelay(Protocol):
+    """
+    Stream a worker's response body to the consumer.
+
+    The worker connection is registered as the producer on the consumer's
+    connection, so a slow consumer pauses reading from the worker and the
+    hub's memory stays flat whatever the body's size.
+    """
+
+    def __init__(self, job: Job, done: Callable[[Failure], None]) -> None:
+        self._job = job
+        self._done = done
+
+    def connectionMade(self) -> None:
+        if not self._job.gone:
+            self._job.request.registerProducer(self.transport, True)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._job.request.write(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        job = self._job
+        if not job.gone:
+            job.request.unregisterProducer()
+            if reason.check(ResponseDone, PotentialDataLoss):
+                job.request.finish()
+            else:
+                _log.warn(
+                    "worker response to {method} {uri} broke off: {why}; "
+                    "consumer {peer} cut off",
+                    method=job.method,
+                    uri=job.request.uri,
+                    why=reason.getErrorMessage(),
+                    peer=job.request.getClientAddress(),
+                )
+                job.abort()
+        self._done(reason)
+
+
+class Discard(Protocol):
+    """
+    Read and drop a response body nobody will see.
+    """
+
+    def __init__(self, done: Callable[[Failure], None]) -> None:
+        self._done = done
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._done(reason)
+
+
+def _declares_body(request: ConsumerRequest) -> bool:
+    """
+    Whether the consumer framed a body, even an empty one; the worker is
+    then told its length, as it would be if it served the consumer itself.
+    """
+    headers = request.requestHeaders
+    return headers.hasHeader(b"content-length") or headers.hasHeader(
+        b"transfer-encoding"
+    )

@@ -1,0 +1,181 @@
+"""
+A slot, seen from the hub: one attached worker connection, on which the hub
+is the HTTP/1.1 client.
+
+Each slot runs one loop: take the next job from its pool, send it, relay
+the response, and take the next job as soon as the connection is free
+again.  A job the worker never started is handed back to the head of the
+queue; a job that failed half-way is answered or cut off, never retried.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.protocol import Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IResponse
+
+from pothead.client import (
+    HTTP11ClientProtocol,
+    RequestTransmissionFailed,
+    ResponseNeverReceived,
+)
+from pothead.job import Discard, Job
+from pothead.pool import Pool
+
+#: A response that means "not processed, give it to someone else".
+REQUEUE_HEADER = b"pothead-requeue"
+
+#: How many times a job is handed back after its worker vanished before
+#: answering.  Only idempotent methods are ever retried this way.
+RETRIES_ON_LOST_WORKER = 1
+
+#: How many requeue signals one job may collect before the hub answers 503
+#: itself: a bound against a pool in which every worker keeps refusing.
+MAX_REQUEUE_SIGNALS = 20
+
+_log = Logger()
+
+
+def is_requeue_signal(response: IResponse) -> bool:
+    """
+    Whether a worker answered "not processed": status 503 with
+    C{Pothead-Requeue: 1}.
+    """
+    return response.code == 503 and response.headers.getRawHeaders(
+        REQUEUE_HEADER, [b""]
+    )[0].strip() == b"1"
+
+
+class Slot(Protocol):
+    """
+    One attached worker connection, taking jobs from one pool.
+
+    :ivar worker: what the worker called itself when it attached.
+    :ivar job: the job being served, or L{None} while idle.
+    """
+
+    def __init__(self, pool: Pool, worker: str) -> None:
+        self.pool = pool
+        self.worker = worker
+        self.job: Job | None = None
+        self._client = HTTP11ClientProtocol(self._quiescent)
+        self._waiting: Deferred[Job] | None = None
+        self._reusable = False
+
+    def __repr__(self) -> str:
+        return f"<Slot {self.worker} pool={self.pool.name}>"
+
+    def connectionMade(self) -> None:
+        self._client.makeConnection(self.transport)
+        self.pool.slots.add(self)
+        self._take_next()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.job is None:
+            _log.warn(
+                "worker {worker} ({peer}) sent {n} bytes while no request was "
+                "pending; dropping its connection",
+                worker=self.worker,
+                peer=self.transport.getPeer(),
+                n=len(data),
+            )
+            self.transport.abortConnection()
+            return
+        self._client.dataReceived(data)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self.connected = False
+        self.pool.slots.discard(self)
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
+        self._client.connectionLost(reason)
+
+    def abort(self) -> None:
+        """
+        Drop this worker connection at once; the worker reattaches with a
+        fresh one.  Used when the consumer went away mid-job, so that the
+        rest of that response can never reach the next job's consumer.
+        """
+        self.transport.abortConnection()
+
+    def _take_next(self) -> None:
+        self._reusable = False
+        self._waiting = self.pool.get()
+        self._waiting.addCallbacks(self._serve, _ignore_cancel)
+
+    def _serve(self, job: Job) -> None:
+        self._waiting = None
+        if job.gone:
+            self._take_next()
+            return
+        self.job = job
+        job.slot = self
+        self._client.request(job.outbound()).addCallbacks(
+            self._response, self._failed, callbackArgs=(job,), errbackArgs=(job,)
+        )
+
+    def _quiescent(self, client: HTTP11ClientProtocol) -> None:
+        # Twisted calls this before the body protocol learns the response
+        # is done; the next request is sent from _finished, after that.
+        self._reusable = True
+
+    def _response(self, response: IResponse, job: Job) -> None:
+        if is_requeue_signal(response):
+            response.deliverBody(Discard(lambda reason: self._handed_back(job)))
+            return
+        job.relay(response, lambda reason: self._finished(job))
+
+    def _handed_back(self, job: Job) -> None:
+        job.handed_back += 1
+        if job.handed_back > MAX_REQUEUE_SIGNALS:
+            job.answer(503, "Every worker declined this request.")
+        else:
+            _log.debug(
+                "worker {worker} handed back {uri}", worker=self.worker, uri=job.request.uri
+            )
+            job.requeue()
+        self._finished(job)
+
+    def _failed(self, reason: Failure, job: Job) -> None:
+        never_started = reason.check(ResponseNeverReceived, RequestTransmissionFailed)
+        if never_started and job.idempotent and job.attempts <= RETRIES_ON_LOST_WORKER:
+            _log.info(
+                "worker {worker} lost before answering {method} {uri}; requeued",
+                worker=self.worker,
+                method=job.method,
+                uri=job.request.uri,
+            )
+            job.requeue()
+        else:
+            _log.warn(
+                "worker {worker} failed {method} {uri}: {why}",
+                worker=self.worker,
+                method=job.method,
+                uri=job.request.uri,
+                why=_describe(reason),
+            )
+            job.answer(502, "The worker failed to answer this request.")
+        self._finished(job)
+
+    def _finished(self, job: Job | None) -> None:
+        if self.job is job:
+            self.job = None
+        if self._reusable and self.connected:
+            self._take_next()
+
+
+def _ignore_cancel(reason: Failure) -> None:
+    reason.trap(CancelledError)
+
+
+def _describe(reason: Failure) -> str:
+    """
+    The innermost reasons of a wrapped Twisted client failure, readable.
+    """
+    inner = getattr(reason.value, "reasons", None)
+    if inner:
+        return "; ".join(_describe(r) for r in inner)
+    return f"{reason.type.__name__}: {reason.getErrorMessage()}"

@@ -1,0 +1,103 @@
+"""
+``twistd pothead-worker``: options and service wiring for the worker.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from twisted.application.service import MultiService
+from twisted.python import usage
+
+from pothead.attach import DEFAULT_POOL
+from pothead.options import positive_float, positive_int
+from pothead.tokens import TokenError, load_token
+from pothead.worker import DEFAULT_ATTACH_TIMEOUT, worker_service
+
+
+def load_app(spec: str, app_dir: str):
+    """
+    Import the WSGI application named by C{spec} (``module:attribute``),
+    looking in C{app_dir} first.
+
+    :raise usage.UsageError: naming what is missing, so that a typo is a
+        clear error at startup rather than a traceback on the first request.
+    """
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise usage.UsageError(f"--app must look like module:app, not {spec!r}")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise usage.UsageError(
+            f"No such WSGI application: cannot import module {module_name!r} ({e})"
+        ) from None
+    target = module
+    for name in attribute.split("."):
+        try:
+            target = getattr(target, name)
+        except AttributeError:
+            raise usage.UsageError(
+                f"No such WSGI application: module {module_name!r} has no {attribute!r}"
+            ) from None
+    if not callable(target):
+        raise usage.UsageError(f"WSGI application {spec!r} is not callable")
+    return target
+
+
+class Options(usage.Options):
+    """
+    Command-line options of ``twistd pothead-worker``.
+    """
+
+    synopsis = "--app module:app [options]"
+    longdesc = (
+        "Attach to a pothead hub and serve a WSGI application over those "
+        "connections, one request at a time per slot. The hub address is a "
+        "Twisted client endpoint string: tcp:hub.example:4040, "
+        "tls:hub.example:4040, unix:/run/pothead-workers.sock."
+    )
+    optParameters = [
+        ["app", None, None, "The WSGI application, as module:attribute (required)."],
+        ["app-dir", None, ".",
+         "Directory to import the application from (default: the current one)."],
+        ["hub", None, "tcp:127.0.0.1:4040", "Client endpoint of the hub's worker port."],
+        ["slots", None, 1, "Requests served at once: one attached connection each.",
+         positive_int],
+        ["pool", None, DEFAULT_POOL, "The pool to join on the hub."],
+        ["token-file", None, None,
+         "File whose first line is the hub's token (default: $POTHEAD_TOKEN)."],
+        ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
+         "Seconds the hub has to answer an attach.", positive_float],
+    ]
+
+    def postOptions(self) -> None:
+        if self["app"] is None:
+            raise usage.UsageError("--app module:app is required")
+        self["wsgi"] = load_app(self["app"], self["app-dir"])
+        try:
+            self["token"] = load_token(self["token-file"])
+        except TokenError as e:
+            raise usage.UsageError(str(e)) from None
+
+
+def makeService(config: Options) -> MultiService:
+    """
+    The worker's slots and thread pool.
+    """
+    from twisted.internet import reactor
+
+    return worker_service(
+        reactor,
+        config["wsgi"],
+        hub=config["hub"],
+        slots=config["slots"],
+        token=config["token"],
+        pool=config["pool"],
+        attach_timeout=config["attach-timeout"],
+    )

@@ -1,0 +1,19 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="pothead",
+    version="0.1.0",
+    description="Reverse-HTTP load balancer for expensive, non-concurrent requests",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    # twisted.plugins is a namespace-style plugin directory, not a package
+    # find_packages() can see; listing it is the form Twisted's tap howto uses.
+    packages=find_packages(exclude=["tests", "tests.*", "docs", "docs.*", "benchmarks", "benchmarks.*"])
+    + ["twisted.plugins"],
+    install_requires=["twisted>=23.10", "treq", "zope.interface"],
+    extras_require={
+        "test": ["pytest", "pytest-twisted", "flask", "ruff"],
+    },
+)
