@@ -1,0 +1,115 @@
+"""
+Hub and worker services in one reactor, talking over real loopback sockets.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest_twisted
+from twisted.internet import defer
+
+from tests.conftest import WAIT, wait_for
+from tests.http import Client
+
+
+def echo_path(environ, start_response):
+    body = (environ.get("PATH_INFO", "") + "?" + environ.get("QUERY_STRING", "")).encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class ConcurrencyProbe:
+    """
+    A WSGI app that sleeps a little and records how many of its calls
+    overlapped, and in what order requests started.
+    """
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.delay = delay
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.order: list[str] = []
+
+    def __call__(self, environ, start_response):
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            self.order.append(environ["PATH_INFO"])
+        try:
+            time.sleep(self.delay)
+        finally:
+            with self.lock:
+                self.running -= 1
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_answered_through_hub(running_hub):
+    """
+    A consumer request reaches the worker's app and its answer comes back.
+    """
+    await running_hub.add_worker(echo_path)
+    client = Client()
+    try:
+        response, body = await client.request("GET", running_hub.url + "/a/b?c=d")
+    finally:
+        await client.close()
+    assert response.code == 200
+    assert body == b"/a/b?c=d"
+
+
+@pytest_twisted.ensureDeferred
+async def test_fifo_order_with_one_slot(running_hub):
+    """
+    With one slot busy and twenty requests queued behind it, the worker
+    runs them in the order they arrived.
+    """
+    gate = threading.Event()
+    probe = ConcurrencyProbe(delay=0.001)
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/first":
+            gate.wait(WAIT)
+        return probe(environ, start_response)
+
+    await running_hub.add_worker(app, slots=1)
+    client = Client(persistent=False)
+    try:
+        first = defer.ensureDeferred(client.request("GET", running_hub.url + "/first"))
+        await wait_for(lambda: running_hub.pool.idle == 0, what="the slot to be busy")
+        queued = []
+        for i in range(20):
+            queued.append(defer.ensureDeferred(client.request("GET", f"{running_hub.url}/{i}")))
+            await wait_for(lambda: running_hub.pool.queued == i + 1, what=f"request {i} queued")
+        gate.set()
+        results = await defer.gatherResults([first, *queued])
+    finally:
+        gate.set()
+        await client.close()
+    assert [r.code for r, _ in results] == [200] * 21
+    assert probe.order == ["/first"] + [f"/{i}" for i in range(20)]
+
+
+@pytest_twisted.ensureDeferred
+async def test_slots_bound_concurrency(running_hub):
+    """
+    A worker with three slots runs three requests at once, and never more.
+    """
+    probe = ConcurrencyProbe(delay=0.05)
+    await running_hub.add_worker(probe, slots=3)
+    client = Client()
+    try:
+        results = await defer.gatherResults(
+            [
+                defer.ensureDeferred(client.request("GET", f"{running_hub.url}/{i}"))
+                for i in range(12)
+            ]
+        )
+    finally:
+        await client.close()
+    assert [r.code for r, _ in results] == [200] * 12
+    assert probe.most == 3
