@@ -10,7 +10,7 @@ from twisted.python import usage
 
 from pothead.consumer import DEFAULT_MAX_HEADER_BYTES
 from pothead.hub import DEFAULT_ATTACH_TIMEOUT, Hub
-from pothead.options import positive_float, positive_int
+from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 
 
@@ -30,10 +30,10 @@ class Options(usage.Options):
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
         ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
-         "Seconds a worker connection has to finish attaching.", positive_float],
+         "Seconds a worker connection has to finish attaching.", float],
         ["max-header-size", None, DEFAULT_MAX_HEADER_BYTES,
          "Largest consumer request line plus headers, in bytes (431 beyond).",
-         positive_int],
+         int],
     ]
 
     def __init__(self) -> None:
@@ -56,6 +56,7 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["consumer"] = self["consumer"] or ["tcp:8080"]
         self["worker"] = self["worker"] or ["tcp:4040"]
+        require_positive(self, "attach-timeout", "max-header-size")
         try:
             self["token"] = load_token(self["token-file"])
         except TokenError as e:

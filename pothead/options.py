@@ -4,28 +4,18 @@ Value checks shared by the command-line options of both commands.
 
 from __future__ import annotations
 
+from twisted.python import usage
 
-def positive_int(text: str) -> int:
+
+def require_positive(options: usage.Options, *names: str) -> None:
     """
-    Parse a whole number of at least 1, for ``usage.Options`` coercion.
+    Check that each named option is above zero.
+
+    Done in ``postOptions`` rather than by a coercer, because Twisted's
+    coercion errors do not say which option was wrong.
+
+    :raise usage.UsageError: naming the first option that is not.
     """
-    value = int(text)
-    if value < 1:
-        raise ValueError(f"must be at least 1, not {value}")
-    return value
-
-
-positive_int.coerceDoc = "A whole number of at least 1."  # type: ignore[attr-defined]
-
-
-def positive_float(text: str) -> float:
-    """
-    Parse a number of seconds above zero, for ``usage.Options`` coercion.
-    """
-    value = float(text)
-    if not value > 0:
-        raise ValueError(f"must be above 0, not {value}")
-    return value
-
-
-positive_float.coerceDoc = "A number above 0."  # type: ignore[attr-defined]
+    for name in names:
+        if not options[name] > 0:
+            raise usage.UsageError(f"--{name} must be above 0, not {options[name]}")

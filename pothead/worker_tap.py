@@ -12,7 +12,7 @@ from twisted.application.service import MultiService
 from twisted.python import usage
 
 from pothead.attach import DEFAULT_POOL
-from pothead.options import positive_float, positive_int
+from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 from pothead.worker import DEFAULT_ATTACH_TIMEOUT, worker_service
 
@@ -68,17 +68,18 @@ class Options(usage.Options):
          "Directory to import the application from (default: the current one)."],
         ["hub", None, "tcp:127.0.0.1:4040", "Client endpoint of the hub's worker port."],
         ["slots", None, 1, "Requests served at once: one attached connection each.",
-         positive_int],
+         int],
         ["pool", None, DEFAULT_POOL, "The pool to join on the hub."],
         ["token-file", None, None,
          "File whose first line is the hub's token (default: $POTHEAD_TOKEN)."],
         ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
-         "Seconds the hub has to answer an attach.", positive_float],
+         "Seconds the hub has to answer an attach.", float],
     ]
 
     def postOptions(self) -> None:
         if self["app"] is None:
             raise usage.UsageError("--app module:app is required")
+        require_positive(self, "slots", "attach-timeout")
         self["wsgi"] = load_app(self["app"], self["app-dir"])
         try:
             self["token"] = load_token(self["token-file"])

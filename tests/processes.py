@@ -1,0 +1,141 @@
+"""
+Real ``twistd`` processes for end-to-end tests: started from the installed
+console script, as a user would, and read line by line for readiness.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+#: The twistd console script installed next to this Python.
+TWISTD = str(Path(sys.executable).parent / "twistd")
+
+#: Upper bound, in seconds, on any wait for a process in these tests.
+PROCESS_WAIT = 20.0
+
+
+class Twistd:
+    """
+    One ``twistd -n`` process whose output is collected as it runs.
+    """
+
+    def __init__(self, *argv: str, cwd: Path, env: dict | None = None) -> None:
+        self.argv = [TWISTD, "-n", "--pidfile=", "-l", "-", *argv]
+        self.process = subprocess.Popen(
+            self.argv,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+        with self._changed:
+            self._changed.notify_all()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, count: int = 1, timeout: float = PROCESS_WAIT) -> list[re.Match]:
+        """
+        Wait until C{count} output lines match C{pattern}.
+
+        :return: the matches.
+        """
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                matches = [m for m in map(regex.search, self.lines) if m]
+                if len(matches) >= count:
+                    return matches
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(
+                        f"{pattern!r} x{count} not seen in output of {self.argv}:\n{self.output}"
+                    )
+                self._changed.wait(min(left, 0.1))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        """
+        Send C{sig} and wait for the process to end (killing it if it will
+        not); return its exit code.
+        """
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(PROCESS_WAIT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(PROCESS_WAIT)
+        self._reader.join(PROCESS_WAIT)
+        return self.process.returncode
+
+
+def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, int] | None = None):
+    """
+    A hub on loopback (ephemeral ports unless C{ports} is given).
+
+    :return: the process and its C{(consumer_port, worker_port)}.
+    """
+    consumer, worker = ports or (0, 0)
+    hub = Twistd(
+        "pothead-hub",
+        "--consumer", f"tcp:{consumer}:interface=127.0.0.1",
+        "--worker", f"tcp:{worker}:interface=127.0.0.1",
+        *argv,
+        cwd=cwd,
+        env=env,
+    )
+    consumer_port = int(hub.wait_for(r"Site starting on (\d+)")[0].group(1))
+    worker_port = int(hub.wait_for(r"WorkerPortFactory starting on (\d+)")[0].group(1))
+    return hub, (consumer_port, worker_port)
+
+
+def get(url: str, timeout: float = 10.0, **kwargs) -> tuple[int, bytes]:
+    """
+    A blocking HTTP request; return status and body, errors included.
+    """
+    request = urllib.request.Request(url, **kwargs)
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def get_eventually(url: str, timeout: float = PROCESS_WAIT) -> tuple[int, bytes]:
+    """
+    Retry a GET until it answers 200 or C{timeout} passes.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            status, body = get(url, timeout=2.0)
+            if status == 200:
+                return status, body
+            last = status
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer 200 within {timeout}s; last: {last!r}")

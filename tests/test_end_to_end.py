@@ -1,0 +1,119 @@
+"""
+The real commands, as a user runs them: ``twistd pothead-hub`` and
+``twistd pothead-worker`` from the installed package, in subprocesses.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+
+import pytest
+
+from tests.processes import TWISTD, Twistd, get, get_eventually, start_hub
+
+
+@pytest.fixture
+def started(tmp_path):
+    """
+    Processes a test starts, all stopped at its end.
+    """
+    processes: list[Twistd] = []
+    yield processes
+    for process in processes:
+        process.stop(signal.SIGKILL)
+
+
+def test_twistd_lists_both_commands(tmp_path):
+    """
+    The installed twistd knows both commands, outside the source tree.
+    """
+    for command in ("pothead-hub", "pothead-worker"):
+        result = subprocess.run(
+            [TWISTD, command, "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 0, result.stderr
+        assert f"Usage: twistd [options] {command}" in result.stdout
+
+
+def test_demo_request_answered(tmp_path, started):
+    """
+    A request to the hub is answered by the demo worker's app.
+    """
+    hub, (consumer, worker) = start_hub(tmp_path)
+    started.append(hub)
+    started.append(
+        Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub", f"tcp:127.0.0.1:{worker}",
+               "--slots", "2", cwd=tmp_path)
+    )
+    hub.wait_for(r"attached to pool default", count=2)
+    status, body = get(f"http://127.0.0.1:{consumer}/?width=20&height=5")
+    assert status == 200
+    assert b"rendered by pid" in body
+
+
+def test_worker_survives_hub_restart(tmp_path, started):
+    """
+    When the hub is killed and started again, the worker reattaches and
+    serves within a few seconds, without being restarted.
+    """
+    hub, ports = start_hub(tmp_path)
+    started.append(hub)
+    worker = Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
+                    f"tcp:127.0.0.1:{ports[1]}", cwd=tmp_path)
+    started.append(worker)
+    hub.wait_for(r"attached to pool default")
+    assert get(f"http://127.0.0.1:{ports[0]}/?width=8&height=2")[0] == 200
+    hub.stop(signal.SIGKILL)
+
+    hub, _ = start_hub(tmp_path, ports=ports)
+    started.append(hub)
+    hub.wait_for(r"attached to pool default", timeout=10)
+    assert get_eventually(f"http://127.0.0.1:{ports[0]}/?width=8&height=2", timeout=10)[0] == 200
+    assert worker.process.poll() is None
+
+
+def test_token_required_end_to_end(tmp_path, started):
+    """
+    A hub with a token refuses a worker without it and serves through a
+    worker that has it.
+    """
+    token = tmp_path / "token"
+    token.write_text("e2e-secret\n")
+    hub, (consumer, worker) = start_hub(tmp_path, "--token-file", str(token))
+    started.append(hub)
+    started.append(Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
+                          f"tcp:127.0.0.1:{worker}", cwd=tmp_path, env={"POTHEAD_TOKEN": "wrong"}))
+    hub.wait_for(r"refused attach from .*401")
+    started.append(Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
+                          f"tcp:127.0.0.1:{worker}", cwd=tmp_path, env={"POTHEAD_TOKEN": "e2e-secret"}))
+    hub.wait_for(r"attached to pool default")
+    assert get(f"http://127.0.0.1:{consumer}/?width=8&height=2")[0] == 200
+
+
+def test_bad_app_is_a_startup_error(tmp_path):
+    """
+    A worker whose --app cannot be imported exits at once with a message
+    naming the problem.
+    """
+    result = subprocess.run(
+        [TWISTD, "-n", "--pidfile=", "pothead-worker", "--app", "no_such_module_here:app"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode != 0
+    assert "No such WSGI application" in result.stdout + result.stderr
+
+
+def test_busy_port_is_a_startup_error(tmp_path, started):
+    """
+    A hub that cannot bind its port exits with an error instead of running
+    without listening.
+    """
+    hub, (consumer, _) = start_hub(tmp_path)
+    started.append(hub)
+    second = Twistd("pothead-hub", "--consumer", f"tcp:{consumer}:interface=127.0.0.1",
+                    "--worker", "tcp:0:interface=127.0.0.1", cwd=tmp_path)
+    started.append(second)
+    assert second.process.wait(30) != 0
+    second.stop()
+    assert "CannotListenError" in second.output or "Address already in use" in second.output

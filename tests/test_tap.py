@@ -1,0 +1,180 @@
+"""
+Command-line options, service wiring and plugin discovery.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from twisted.application.internet import ClientService, StreamServerEndpointService
+from twisted.application.service import IServiceMaker
+from twisted.plugin import IPlugin, getPlugins
+from twisted.python import usage
+from zope.interface.verify import verifyObject
+
+from pothead import hub_tap, worker_tap
+from pothead.demo import app as demo_app
+from pothead.worker import ThreadPoolService
+
+ROOT = Path(__file__).parent.parent
+
+
+def parse(options_class, *argv, env=None, monkeypatch=None):
+    options = options_class()
+    options.parseOptions(list(argv))
+    return dict(options)
+
+
+def test_hub_defaults(monkeypatch):
+    """
+    With no options the hub listens where POTHEAD 0.4.3 did and needs no token.
+    """
+    monkeypatch.delenv("POTHEAD_TOKEN", raising=False)
+    assert parse(hub_tap.Options) == {
+        "consumer": ["tcp:8080"],
+        "worker": ["tcp:4040"],
+        "token-file": None,
+        "token": None,
+        "attach-timeout": 10.0,
+        "max-header-size": 65536,
+    }
+
+
+def test_hub_options(tmp_path, monkeypatch):
+    """
+    Listeners repeat, and the token comes from its file.
+    """
+    monkeypatch.setenv("POTHEAD_TOKEN", "from-env")
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    assert parse(
+        hub_tap.Options,
+        "--consumer", "tcp:1", "--consumer", "unix:/tmp/c.sock",
+        "--worker", "tcp:2", "--token-file", str(token),
+        "--attach-timeout", "2.5", "--max-header-size", "1000",
+    ) == {
+        "consumer": ["tcp:1", "unix:/tmp/c.sock"],
+        "worker": ["tcp:2"],
+        "token-file": str(token),
+        "token": "from-file",
+        "attach-timeout": 2.5,
+        "max-header-size": 1000,
+    }
+
+
+def test_hub_token_from_environment(monkeypatch):
+    """
+    POTHEAD_TOKEN sets the token when no file is named.
+    """
+    monkeypatch.setenv("POTHEAD_TOKEN", "from-env")
+    assert parse(hub_tap.Options)["token"] == "from-env"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--attach-timeout", "0"], "attach-timeout"),
+        (["--max-header-size", "-1"], "max-header-size"),
+        (["--token-file", "/nonexistent/token"], "cannot read token file"),
+    ],
+)
+def test_hub_bad_options(argv, message):
+    """
+    Bad values are usage errors that say what is wrong.
+    """
+    with pytest.raises(usage.UsageError, match=message):
+        hub_tap.Options().parseOptions(argv)
+
+
+def test_worker_options(monkeypatch):
+    """
+    The worker's options, with the app resolved to the callable itself.
+    """
+    monkeypatch.delenv("POTHEAD_TOKEN", raising=False)
+    assert parse(worker_tap.Options, "--app", "pothead.demo:app", "--slots", "3") == {
+        "app": "pothead.demo:app",
+        "app-dir": ".",
+        "wsgi": demo_app,
+        "hub": "tcp:127.0.0.1:4040",
+        "slots": 3,
+        "pool": "default",
+        "token-file": None,
+        "token": None,
+        "attach-timeout": 10.0,
+    }
+
+
+def test_worker_app_from_app_dir(tmp_path):
+    """
+    --app-dir is where the app's module is looked for.
+    """
+    (tmp_path / "my_pothead_app.py").write_text("def app(environ, start_response):\n    pass\n")
+    options = parse(worker_tap.Options, "--app", "my_pothead_app:app", "--app-dir", str(tmp_path))
+    assert options["wsgi"].__name__ == "app"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ([], "--app module:app is required"),
+        (["--app", "pothead.demo"], "must look like module:app"),
+        (["--app", "no_such_module_xyz:app"], "No such WSGI application: cannot import"),
+        (["--app", "pothead.demo:nope"], "No such WSGI application: module 'pothead.demo' has no 'nope'"),
+        (["--app", "pothead.demo:__doc__"], "is not callable"),
+        (["--app", "pothead.demo:app", "--slots", "0"], "slots"),
+    ],
+)
+def test_worker_bad_options(argv, message):
+    """
+    A bad --app or slot count is a clear usage error at startup.
+    """
+    with pytest.raises(usage.UsageError, match=message):
+        worker_tap.Options().parseOptions(argv)
+
+
+def test_hub_service_wiring():
+    """
+    The hub service has one listener per consumer and worker endpoint.
+    """
+    options = hub_tap.Options()
+    options.parseOptions(["--consumer", "tcp:0", "--consumer", "tcp:0", "--worker", "tcp:0"])
+    service = hub_tap.makeService(options)
+    children = list(service)
+    assert len(children) == 3
+    assert all(isinstance(child, StreamServerEndpointService) for child in children)
+
+
+def test_worker_service_wiring():
+    """
+    The worker service has a thread pool sized to its slots and one
+    ClientService per slot.
+    """
+    options = worker_tap.Options()
+    options.parseOptions(["--app", "pothead.demo:app", "--slots", "4"])
+    children = list(worker_tap.makeService(options))
+    pools = [c for c in children if isinstance(c, ThreadPoolService)]
+    assert len(pools) == 1 and pools[0].pool.max == 4
+    assert sum(isinstance(c, ClientService) for c in children) == 4
+
+
+def test_plugins_discovered():
+    """
+    twistd finds both commands, each a proper IServiceMaker plugin.
+    """
+    import twisted.plugins.pothead_plugins as plugins
+
+    for maker in (plugins.pothead_hub, plugins.pothead_worker):
+        assert verifyObject(IPlugin, maker)
+        assert verifyObject(IServiceMaker, maker)
+    names = {p.tapname for p in getPlugins(IServiceMaker)}
+    assert {"pothead-hub", "pothead-worker"} <= names
+
+
+def test_no_init_files_in_twisted_dirs():
+    """
+    Neither twisted/ nor twisted/plugins/ has an __init__.py: either would
+    shadow Twisted's own package once installed.
+    """
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
