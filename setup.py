@@ -14,6 +14,6 @@ setup(
     + ["twisted.plugins"],
     install_requires=["twisted>=23.10", "treq", "zope.interface"],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "flask", "ruff"],
+        "test": ["pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff"],
     },
 )

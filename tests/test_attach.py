@@ -13,8 +13,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from pothead.attach import MAX_HEAD_BYTES, attach_request
-from pothead.pool import Pool
 from pothead.hub_attach import WorkerPortFactory
+from pothead.pool import Pool
 from pothead.tokens import TokenCheck
 from pothead.worker_attach import AttachClient, AttachFailed
 

@@ -84,7 +84,7 @@ async def test_fifo_order_with_one_slot(running_hub):
         queued = []
         for i in range(20):
             queued.append(defer.ensureDeferred(client.request("GET", f"{running_hub.url}/{i}")))
-            await wait_for(lambda: running_hub.pool.queued == i + 1, what=f"request {i} queued")
+            await wait_for(lambda n=i + 1: running_hub.pool.queued == n, what=f"request {i} queued")
         gate.set()
         results = await defer.gatherResults([first, *queued])
     finally:
