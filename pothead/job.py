@@ -15,9 +15,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
-from twisted.web.client import ResponseDone
 from twisted.web.server import Request as ConsumerRequest
 
 from pothead.body import BufferedBody, body_size
