@@ -7,25 +7,22 @@ from __future__ import annotations
 
 from functools import partial
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pothead.job import Job
+from pothead.limits import Limits
 from pothead.pool import Pool
-
-KIB = 1024
-
-#: Real cookies and bearer tokens outgrow Twisted's 16 KiB default, which
-#: also closes the connection without a word; see ConsumerChannel.
-DEFAULT_MAX_HEADER_BYTES = 64 * KIB
 
 _log = Logger()
 
 _STATUS_LINES = {
     400: b"400 Bad Request",
+    408: b"408 Request Timeout",
+    413: b"413 Content Too Large",
     414: b"414 URI Too Long",
     431: b"431 Request Header Fields Too Large",
 }
@@ -33,29 +30,45 @@ _STATUS_LINES = {
 
 class ConsumerRequest(Request):
     """
-    A consumer request whose response headers are exactly the worker's.
+    A consumer request whose response headers are exactly the worker's,
+    and whose body may not outgrow the hub's limit.
 
     twisted.web would add ``Content-Type: text/html`` to a response that
     has none; a proxy must not invent headers its worker did not send.
     """
 
     defaultContentType = None
+    _body_received = 0
+
+    def handleContentChunk(self, data: bytes) -> None:
+        # A Content-Length body was checked before it started; a chunked
+        # one can only be checked as it arrives.
+        self._body_received += len(data)
+        if self._body_received > self.channel.limits.max_body_bytes:
+            self.channel.refuse(413, "request body over the limit")
+            return
+        super().handleContentChunk(data)
 
 
 class ConsumerChannel(HTTPChannel):
     """
-    An HTTP channel with a larger, configurable header limit, which answers
-    every request it refuses with a status code and a log line.
+    An HTTP channel that enforces the hub's limits on what consumers send,
+    and answers every request it refuses with a status code and a log line.
 
     Twisted's own channel closes the connection without a response when a
-    line is too long, and answers 400 to every other refusal.
+    line is too long, answers 400 to every other refusal, and lets a client
+    trickle a request for as long as it sends a byte a minute.
     """
 
-    def __init__(self, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES) -> None:
+    def __init__(self, limits: Limits) -> None:
         super().__init__()
-        self.MAX_LENGTH = self.totalHeadersSize = max_header_bytes
+        self.limits = limits
+        self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
+        self._deadline: IDelayedCall | None = None
 
     def lineReceived(self, line: bytes) -> None:
+        if self._deadline is None:
+            self._set_deadline(self.limits.header_timeout, "request head")
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse_head()
             return
@@ -64,19 +77,60 @@ class ConsumerChannel(HTTPChannel):
     def lineLengthExceeded(self, line: bytes) -> None:
         self._refuse_head()
 
+    def allHeadersReceived(self) -> None:
+        self._clear_deadline()
+        if self.length is not None and self.length > self.limits.max_body_bytes:
+            # Refused before Twisted reads the body or sends 100 Continue.
+            self.refuse(413, f"Content-Length {self.length} over the limit")
+            return
+        if self.length != 0:
+            self._set_deadline(self.limits.body_timeout, "request body")
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._clear_deadline()
+        super().allContentReceived()
+
+    def connectionLost(self, reason) -> None:
+        self._clear_deadline()
+        super().connectionLost(reason)
+
+    def _set_deadline(self, seconds: float, what: str) -> None:
+        self._clear_deadline()
+        self._deadline = self.callLater(seconds, self._too_slow, what, seconds)
+
+    def _clear_deadline(self) -> None:
+        if self._deadline is not None:
+            if self._deadline.active():
+                self._deadline.cancel()
+            self._deadline = None
+
+    def _too_slow(self, what: str, seconds: float) -> None:
+        self._deadline = None
+        self.refuse(408, f"{what} not received within {seconds:g}s")
+
     def _refuse_head(self) -> None:
         # Nothing received yet for this request: the request line itself
         # is too long.
-        self._refuse(431 if self._receivedHeaderSize else 414)
+        if self._receivedHeaderSize:
+            self.refuse(431, "request headers over the limit")
+        else:
+            self.refuse(414, "request line over the limit")
 
     def _respondToBadRequestAndDisconnect(self) -> None:
-        self._refuse(400)
+        self.refuse(400, "malformed request")
 
-    def _refuse(self, code: int) -> None:
+    def refuse(self, code: int, why: str) -> None:
+        """
+        Answer C{code} and close the connection: the rest of what this
+        consumer sent can no longer be trusted to be framed right.
+        """
+        self._clear_deadline()
         _log.info(
-            "refused a request from {peer}: {status}",
+            "refused a request from {peer}: {status} ({why})",
             peer=self.transport.getPeer(),
             status=_STATUS_LINES[code].decode(),
+            why=why,
         )
         body = _STATUS_LINES[code][4:] + b"\n"
         self.transport.write(
@@ -85,7 +139,11 @@ class ConsumerChannel(HTTPChannel):
         )
         self.loseConnection()
         # Stop parsing whatever else is buffered for this connection.
-        self.dataReceived = self.lineReceived = lambda *args: None
+        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore
+
+
+def _ignore(*args: object) -> None:
+    pass
 
 
 class JobResource(Resource):
@@ -95,27 +153,28 @@ class JobResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, pool: Pool, clock: IReactorTime) -> None:
+    def __init__(self, pool: Pool, clock: IReactorTime, limits: Limits) -> None:
         super().__init__()
         self._pool = pool
         self._clock = clock
+        self._limits = limits
 
     def render(self, request: Request) -> int:
-        Job(request, self._pool, self._clock).queue()
+        Job(request, self._pool, self._clock, self._limits).queue()
         return NOT_DONE_YET
 
 
-def consumer_site(
-    pool: Pool, clock: IReactorTime, max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES
-) -> Site:
+def consumer_site(pool: Pool, clock: IReactorTime, limits: Limits) -> Site:
     """
     The Site consumers talk to.
 
     :param pool: where their requests are queued.
-    :param clock: the hub's clock, for queue times.
-    :param max_header_bytes: the largest request line plus headers accepted.
+    :param clock: the hub's clock, for queue times and timeouts.
+    :param limits: what consumers may send, and how long they may wait.
     """
-    site = Site(JobResource(pool, clock), requestFactory=ConsumerRequest)
+    site = Site(
+        JobResource(pool, clock, limits), requestFactory=ConsumerRequest, reactor=clock
+    )
     site.displayTracebacks = False
-    site.protocol = partial(ConsumerChannel, max_header_bytes)
+    site.protocol = partial(ConsumerChannel, limits)
     return site

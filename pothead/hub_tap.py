@@ -8,10 +8,25 @@ from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from pothead.consumer import DEFAULT_MAX_HEADER_BYTES
-from pothead.hub import DEFAULT_ATTACH_TIMEOUT, Hub
+from pothead.hub import Hub
+from pothead.limits import Limits
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
+
+DEFAULTS = Limits()
+
+#: Command-line option name -> Limits field.
+_LIMIT_OPTIONS = {
+    "max-queue": "max_queue",
+    "queue-timeout": "queue_timeout",
+    "request-timeout": "request_timeout",
+    "max-body-size": "max_body_bytes",
+    "max-header-size": "max_header_bytes",
+    "header-timeout": "header_timeout",
+    "body-timeout": "body_timeout",
+    "attach-timeout": "attach_timeout",
+    "retry-after": "retry_after",
+}
 
 
 class Options(usage.Options):
@@ -29,11 +44,27 @@ class Options(usage.Options):
         ["token-file", None, None,
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
-        ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
-         "Seconds a worker connection has to finish attaching.", float],
-        ["max-header-size", None, DEFAULT_MAX_HEADER_BYTES,
-         "Largest consumer request line plus headers, in bytes (431 beyond).",
-         int],
+    ] + [
+        [option, None, default, help, kind]
+        for option, default, help, kind in [
+            ("max-queue", DEFAULTS.max_queue, "Jobs that may wait in the queue (503 beyond).", int),
+            ("queue-timeout", DEFAULTS.queue_timeout,
+             "Seconds a job may wait for a worker (then 503).", float),
+            ("request-timeout", DEFAULTS.request_timeout,
+             "Seconds from arrival to the worker's response head (then 504).", float),
+            ("max-body-size", DEFAULTS.max_body_bytes,
+             "Largest request body in bytes (413 beyond).", int),
+            ("max-header-size", DEFAULTS.max_header_bytes,
+             "Largest request line plus headers in bytes (414/431 beyond).", int),
+            ("header-timeout", DEFAULTS.header_timeout,
+             "Seconds a consumer has to send its request head (then 408).", float),
+            ("body-timeout", DEFAULTS.body_timeout,
+             "Seconds a consumer has to send its request body (then 408).", float),
+            ("attach-timeout", DEFAULTS.attach_timeout,
+             "Seconds a worker connection has to finish attaching.", float),
+            ("retry-after", DEFAULTS.retry_after,
+             "Seconds to suggest in Retry-After with every 503.", int),
+        ]
     ]
 
     def __init__(self) -> None:
@@ -56,7 +87,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["consumer"] = self["consumer"] or ["tcp:8080"]
         self["worker"] = self["worker"] or ["tcp:4040"]
-        require_positive(self, "attach-timeout", "max-header-size")
+        require_positive(self, *_LIMIT_OPTIONS)
+        self["limits"] = Limits(**{field: self[option] for option, field in _LIMIT_OPTIONS.items()})
         try:
             self["token"] = load_token(self["token-file"])
         except TokenError as e:
@@ -70,12 +102,7 @@ def makeService(config: Options) -> MultiService:
     """
     from twisted.internet import reactor
 
-    hub = Hub(
-        reactor,
-        token=config["token"],
-        attach_timeout=config["attach-timeout"],
-        max_header_bytes=config["max-header-size"],
-    )
+    hub = Hub(reactor, token=config["token"], limits=config["limits"])
     service = MultiService()
     for endpoint in config["consumer"]:
         strports.service(endpoint, hub.consumer_site()).setServiceParent(service)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -23,6 +23,7 @@ from twisted.web.server import Request as ConsumerRequest
 from pothead.body import BufferedBody, body_size
 from pothead.client import Request
 from pothead.headers import add_forwarded, end_to_end
+from pothead.limits import Limits
 
 if TYPE_CHECKING:
     from pothead.pool import Pool
@@ -51,10 +52,18 @@ class Job:
     :ivar gone: whether the consumer disconnected before its answer was done.
     """
 
-    def __init__(self, request: ConsumerRequest, pool: Pool, clock: IReactorTime) -> None:
+    def __init__(
+        self, request: ConsumerRequest, pool: Pool, clock: IReactorTime, limits: Limits
+    ) -> None:
         self.request = request
         self.pool = pool
+        self._clock = clock
+        self._limits = limits
         self.arrived = clock.seconds()
+        self._queue_timer: IDelayedCall | None = None
+        self._request_timer: IDelayedCall | None = clock.callLater(
+            limits.request_timeout, self._request_expired
+        )
         self.attempts = 0
         self.handed_back = 0
         self.slot: Slot | None = None
@@ -93,7 +102,6 @@ class Job:
         The HTTP/1.1 request to send to a worker for this job, fresh for
         every attempt.
         """
-        self.attempts += 1
         return Request(
             self.request.method,
             self.request.uri,
@@ -104,8 +112,12 @@ class Job:
 
     def queue(self) -> None:
         """
-        Join the end of the pool's queue.
+        Join the end of the pool's queue, or answer 503 if it is full.
         """
+        if self.pool.queued >= self._limits.max_queue:
+            self._unavailable(f"queue full ({self._limits.max_queue} waiting)")
+            return
+        self._wait_in_line()
         self.pool.put(self)
 
     def requeue(self) -> None:
@@ -113,13 +125,72 @@ class Job:
         Go back to the head of the pool's queue, unprocessed.
         """
         self.slot = None
+        self._wait_in_line()
         self.pool.put_first(self)
+
+    def taken(self, slot: Slot) -> None:
+        """
+        A slot has taken this job out of the queue to serve it.
+        """
+        self.slot = slot
+        self.attempts += 1
+        _cancel(self._queue_timer)
+
+    def _wait_in_line(self) -> None:
+        self._queue_timer = self._clock.callLater(
+            self._limits.queue_timeout, self._queue_expired
+        )
+
+    def _queue_expired(self) -> None:
+        self.pool.discard(self)
+        self._unavailable(f"waited {self._limits.queue_timeout:g}s for a worker")
+
+    def _request_expired(self) -> None:
+        self._request_timer = None
+        why = f"no response within {self._limits.request_timeout:g}s"
+        _log.warn(
+            "{method} {uri} from {peer}: 504, {why}",
+            method=self.method, uri=self.request.uri, peer=self.peer, why=why,
+        )
+        if self.slot is None:
+            self.pool.discard(self)
+        else:
+            # The worker may still be busy with it; drop that connection so
+            # a late answer can never reach anyone.
+            self.slot.abort()
+        self.answer(504, "The worker did not answer in time.")
+
+    def _unavailable(self, why: str) -> None:
+        _log.warn(
+            "{method} {uri} from {peer}: 503, {why}",
+            method=self.method, uri=self.request.uri, peer=self.peer, why=why,
+        )
+        self.answer(
+            503,
+            "No worker is available; try again later.",
+            ((b"Retry-After", b"%d" % (self._limits.retry_after,)),),
+        )
+
+    def _settle(self) -> None:
+        """
+        The job is over, one way or another: stop its timers.
+        """
+        _cancel(self._queue_timer)
+        _cancel(self._request_timer)
+        self._queue_timer = self._request_timer = None
+
+    @property
+    def peer(self) -> str:
+        """The consumer's address, for log lines."""
+        address = self.request.getClientAddress()
+        return str(getattr(address, "host", address))
 
     def _consumer_lost(self, reason: Failure) -> None:
         # Queued: leave the line, so no worker ever sees this request.
         # Being served: drop that worker connection, so the rest of the
         # response can never reach the next job's consumer.
         self.gone = True
+        self._settle()
         if self.slot is None:
             self.pool.discard(self)
         else:
@@ -134,7 +205,9 @@ class Job:
         :param done: called with the reason the body ended.
         """
         request = self.request
-        if self.gone:
+        _cancel(self._request_timer)
+        self._request_timer = None
+        if self.gone or request.finished:
             response.deliverBody(Discard(done))
             return
         request.setResponseCode(response.code, response.phrase)
@@ -158,6 +231,7 @@ class Job:
         instead: a truncated body must never look complete.
         """
         request = self.request
+        self._settle()
         if self.gone or request.finished:
             return
         if request.startedWriting:
@@ -229,6 +303,11 @@ class Discard(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._done(reason)
+
+
+def _cancel(call: IDelayedCall | None) -> None:
+    if call is not None and call.active():
+        call.cancel()
 
 
 def _declares_body(request: ConsumerRequest) -> bool:

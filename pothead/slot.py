@@ -112,7 +112,7 @@ class Slot(Protocol):
             self._take_next()
             return
         self.job = job
-        job.slot = self
+        job.taken(self)
         self._client.request(job.outbound()).addCallbacks(
             self._response, self._failed, callbackArgs=(job,), errbackArgs=(job,)
         )
@@ -141,7 +141,9 @@ class Slot(Protocol):
 
     def _failed(self, reason: Failure, job: Job) -> None:
         never_started = reason.check(ResponseNeverReceived, RequestTransmissionFailed)
-        if never_started and job.idempotent and job.attempts <= RETRIES_ON_LOST_WORKER:
+        if job.gone or job.request.finished:
+            pass
+        elif never_started and job.idempotent and job.attempts <= RETRIES_ON_LOST_WORKER:
             _log.info(
                 "worker {worker} lost before answering {method} {uri}; requeued",
                 worker=self.worker,

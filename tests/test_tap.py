@@ -15,6 +15,7 @@ from zope.interface.verify import verifyObject
 
 from pothead import hub_tap, worker_tap
 from pothead.demo import app as demo_app
+from pothead.limits import Limits
 from pothead.worker import ThreadPoolService
 
 ROOT = Path(__file__).parent.parent
@@ -36,8 +37,16 @@ def test_hub_defaults(monkeypatch):
         "worker": ["tcp:4040"],
         "token-file": None,
         "token": None,
-        "attach-timeout": 10.0,
+        "max-queue": 1000,
+        "queue-timeout": 60.0,
+        "request-timeout": 600.0,
+        "max-body-size": 1024**3,
         "max-header-size": 65536,
+        "header-timeout": 30.0,
+        "body-timeout": 300.0,
+        "attach-timeout": 10.0,
+        "retry-after": 5,
+        "limits": Limits(),
     }
 
 
@@ -52,14 +61,29 @@ def test_hub_options(tmp_path, monkeypatch):
         hub_tap.Options,
         "--consumer", "tcp:1", "--consumer", "unix:/tmp/c.sock",
         "--worker", "tcp:2", "--token-file", str(token),
-        "--attach-timeout", "2.5", "--max-header-size", "1000",
+        "--max-queue", "7", "--queue-timeout", "1.5", "--request-timeout", "9",
+        "--max-body-size", "100", "--max-header-size", "1000",
+        "--header-timeout", "2", "--body-timeout", "3",
+        "--attach-timeout", "2.5", "--retry-after", "11",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
         "token-file": str(token),
         "token": "from-file",
-        "attach-timeout": 2.5,
+        "max-queue": 7,
+        "queue-timeout": 1.5,
+        "request-timeout": 9.0,
+        "max-body-size": 100,
         "max-header-size": 1000,
+        "header-timeout": 2.0,
+        "body-timeout": 3.0,
+        "attach-timeout": 2.5,
+        "retry-after": 11,
+        "limits": Limits(
+            max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
+            max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0,
+            attach_timeout=2.5, retry_after=11,
+        ),
     }
 
 
@@ -76,6 +100,8 @@ def test_hub_token_from_environment(monkeypatch):
     [
         (["--attach-timeout", "0"], "attach-timeout"),
         (["--max-header-size", "-1"], "max-header-size"),
+        (["--max-queue", "0"], "max-queue"),
+        (["--queue-timeout", "-2"], "queue-timeout"),
         (["--token-file", "/nonexistent/token"], "cannot read token file"),
     ],
 )

@@ -1,0 +1,46 @@
+"""
+The hub's limits and timeouts, in one place (docs/operations.md explains
+each, with the status code it produces).
+
+The defaults suit expensive work: requests that take seconds to minutes,
+bodies of media size, and a queue that may be long but must not grow
+without bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SECOND = 1.0
+MINUTE = 60 * SECOND
+KIB = 1024
+MIB = 1024 * KIB
+GIB = 1024 * MIB
+
+
+@dataclass(frozen=True)
+class Limits:
+    """
+    :ivar max_queue: jobs a pool may hold waiting; more get 503.
+    :ivar queue_timeout: seconds a job may wait for a slot; then 503.
+    :ivar request_timeout: seconds from arrival until the worker's response
+        head; then 504.
+    :ivar max_body_bytes: largest request body; larger gets 413.
+    :ivar max_header_bytes: largest request line plus headers; 414/431.
+    :ivar header_timeout: seconds a consumer has to send a request head;
+        then 408.
+    :ivar body_timeout: seconds a consumer has to send a request body,
+        from the end of its head; then 408.
+    :ivar attach_timeout: seconds a worker-port connection has to attach.
+    :ivar retry_after: the ``Retry-After`` seconds sent with every 503.
+    """
+
+    max_queue: int = 1000
+    queue_timeout: float = 1 * MINUTE
+    request_timeout: float = 10 * MINUTE
+    max_body_bytes: int = 1 * GIB
+    max_header_bytes: int = 64 * KIB
+    header_timeout: float = 30 * SECOND
+    body_timeout: float = 5 * MINUTE
+    attach_timeout: float = 10 * SECOND
+    retry_after: int = 5
