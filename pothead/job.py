@@ -9,6 +9,7 @@ answer the consumer itself when no worker can.
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Callable
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -238,7 +239,7 @@ class Job:
             self.abort()
             return
         body = (message + "\n").encode("utf-8")
-        request.setResponseCode(code)
+        request.setResponseCode(code, HTTPStatus(code).phrase.encode("ascii"))
         request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
         request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
         for name, value in headers:

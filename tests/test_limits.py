@@ -1,0 +1,258 @@
+"""
+The hub's limits and timeouts, driven through in-memory transports and a
+fake clock.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.python.failure import Failure
+
+from pothead.attach import attach_request
+from pothead.hub import Hub
+from pothead.limits import Limits
+
+
+class HubHarness:
+    """
+    A hub on a fake clock whose connections are StringTransports.
+    """
+
+    def __init__(self, **limits) -> None:
+        self.clock = MemoryReactorClock()
+        self.hub = Hub(self.clock, limits=Limits(**limits))
+        self.site = self.hub.consumer_site()
+        self.workers = self.hub.worker_factory()
+        self.pool = self.hub.pools["default"]
+
+    def consumer(self, data: bytes = b""):
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
+        transport = StringTransport(
+            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
+            peerAddress=IPv4Address("TCP", "127.0.0.5", 5000),
+        )
+        channel.makeConnection(transport)
+        if data:
+            channel.dataReceived(data)
+        return channel, transport
+
+    def worker(self):
+        protocol = self.workers.buildProtocol(None)
+        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 6000))
+        protocol.makeConnection(transport)
+        protocol.dataReceived(attach_request("hub", "default", None, "w"))
+        transport.clear()
+        return protocol, transport
+
+
+def status(transport) -> bytes:
+    return transport.value().split(b"\r\n", 1)[0]
+
+
+def header(transport, name: bytes) -> bytes | None:
+    head = transport.value().split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        key, _, value = line.partition(b": ")
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+GET = b"GET /job HTTP/1.1\r\nHost: hub\r\n\r\n"
+
+
+def test_queue_full_is_503_with_retry_after():
+    """
+    A request arriving at a full queue gets 503 with Retry-After at once;
+    those already queued keep their place.
+    """
+    harness = HubHarness(max_queue=2, retry_after=7)
+    queued = [harness.consumer(GET) for _ in range(2)]
+    _, refused = harness.consumer(GET)
+    assert status(refused) == b"HTTP/1.1 503 Service Unavailable"
+    assert header(refused, b"Retry-After") == b"7"
+    assert harness.pool.queued == 2
+    assert all(transport.value() == b"" for _, transport in queued)
+
+
+def test_queue_timeout_is_503_and_leaves_queue():
+    """
+    A job that waits longer than the queue timeout gets 503 with
+    Retry-After and leaves the queue.
+    """
+    harness = HubHarness(queue_timeout=5)
+    _, transport = harness.consumer(GET)
+    harness.clock.advance(4.9)
+    assert transport.value() == b""
+    harness.clock.advance(0.2)
+    assert status(transport) == b"HTTP/1.1 503 Service Unavailable"
+    assert header(transport, b"Retry-After") == b"5"
+    assert harness.pool.queued == 0
+
+
+def test_request_timeout_while_queued_is_504():
+    """
+    A request timeout shorter than the queue timeout answers 504 from the
+    queue.
+    """
+    harness = HubHarness(queue_timeout=60, request_timeout=3)
+    _, transport = harness.consumer(GET)
+    harness.clock.advance(3.1)
+    assert status(transport) == b"HTTP/1.1 504 Gateway Timeout"
+    assert harness.pool.queued == 0
+
+
+def test_request_timeout_while_served_drops_worker():
+    """
+    A worker that has not answered by the request timeout: the consumer
+    gets 504 and that worker connection is closed, so a late answer can
+    reach no one.
+    """
+    harness = HubHarness(request_timeout=10)
+    slot, worker_transport = harness.worker()
+    _, transport = harness.consumer(GET)
+    assert worker_transport.value().startswith(b"GET /job HTTP/1.1\r\n")
+    harness.clock.advance(10.1)
+    assert status(transport) == b"HTTP/1.1 504 Gateway Timeout"
+    assert worker_transport.disconnecting
+    slot.connectionLost(Failure(ConnectionError()))
+    assert harness.pool.slots == set()
+
+
+def test_response_head_stops_request_timeout():
+    """
+    Once the worker's response head has arrived, the request timeout no
+    longer applies: a long download is not cut off.
+    """
+    harness = HubHarness(request_timeout=10)
+    slot, worker_transport = harness.worker()
+    _, transport = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n12345")
+    harness.clock.advance(60)
+    assert status(transport) == b"HTTP/1.1 200 OK"
+    assert not worker_transport.disconnecting
+    slot.dataReceived(b"67890")
+    assert transport.value().endswith(b"\r\n\r\n1234567890")
+    assert harness.pool.idle == 1
+
+
+def test_body_over_limit_by_content_length_is_413_before_reading():
+    """
+    A Content-Length over the limit is refused from the head, before any
+    body byte and without 100 Continue.
+    """
+    harness = HubHarness(max_body_bytes=100)
+    _, transport = harness.consumer(
+        b"POST / HTTP/1.1\r\nHost: hub\r\nExpect: 100-continue\r\nContent-Length: 101\r\n\r\n"
+    )
+    assert status(transport) == b"HTTP/1.1 413 Content Too Large"
+    assert b"100 Continue" not in transport.value()
+    assert transport.disconnecting
+    assert harness.pool.queued == 0
+
+
+def test_chunked_body_over_limit_is_413():
+    """
+    A chunked body is refused as soon as it passes the limit.
+    """
+    harness = HubHarness(max_body_bytes=100)
+    _, transport = harness.consumer(
+        b"POST / HTTP/1.1\r\nHost: hub\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"40\r\n" + b"a" * 64 + b"\r\n" + b"40\r\n" + b"a" * 64 + b"\r\n"
+    )
+    assert status(transport) == b"HTTP/1.1 413 Content Too Large"
+    assert transport.disconnecting
+    assert harness.pool.queued == 0
+
+
+def test_body_at_limit_accepted():
+    """
+    A body exactly at the limit is queued.
+    """
+    harness = HubHarness(max_body_bytes=100)
+    harness.consumer(b"POST / HTTP/1.1\r\nHost: hub\r\nContent-Length: 100\r\n\r\n" + b"a" * 100)
+    assert harness.pool.queued == 1
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"GET /" + b"a" * 2000 + b" HTTP/1.1\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\n" + b"X-Big: " + b"a" * 2000 + b"\r\n\r\n", b"431"),
+        (b"GET / HTTP/1.1\r\n" + b"X-A: aaaaaaaaaa\r\n" * 200, b"431"),
+        (b"GET /" + b"a" * 5000, b"414"),
+        (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nNo colon here\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nContent-Length: abc\r\n\r\n", b"400"),
+    ],
+)
+def test_bad_heads_refused(data, code):
+    """
+    Oversized request lines and headers, and garbage, get their status
+    code and a closed connection.
+    """
+    harness = HubHarness(max_header_bytes=1024)
+    _, transport = harness.consumer(data)
+    assert status(transport).split(b" ")[1] == code
+    assert b"\r\nConnection: close\r\n" in transport.value()
+    assert transport.disconnecting
+    assert harness.pool.queued == 0
+
+
+def test_headers_up_to_limit_accepted():
+    """
+    A head just under the limit is queued.
+    """
+    harness = HubHarness(max_header_bytes=64 * 1024)
+    cookie = b"Cookie: " + b"c" * 1000
+    head = b"GET / HTTP/1.1\r\nHost: hub\r\n" + (cookie + b"\r\n") * 60 + b"\r\n"
+    assert 60_000 < len(head) < 64 * 1024
+    harness.consumer(head)
+    assert harness.pool.queued == 1
+
+
+def test_trickled_head_times_out():
+    """
+    A consumer that trickles its request head past the header timeout
+    gets 408, however steadily it sends.
+    """
+    harness = HubHarness(header_timeout=5)
+    channel, transport = harness.consumer(b"GET / HTTP/1.1\r\n")
+    for _ in range(4):
+        harness.clock.advance(1)
+        channel.dataReceived(b"X-Slow: 1\r\n")
+    assert transport.value() == b""
+    harness.clock.advance(1.1)
+    assert status(transport) == b"HTTP/1.1 408 Request Timeout"
+    assert transport.disconnecting
+
+
+def test_trickled_body_times_out():
+    """
+    A consumer that sends its body too slowly gets 408.
+    """
+    harness = HubHarness(body_timeout=10)
+    channel, transport = harness.consumer(
+        b"POST / HTTP/1.1\r\nHost: hub\r\nContent-Length: 100\r\n\r\n"
+    )
+    for _ in range(9):
+        harness.clock.advance(1)
+        channel.dataReceived(b"a")
+    harness.clock.advance(1.1)
+    assert status(transport) == b"HTTP/1.1 408 Request Timeout"
+    assert harness.pool.queued == 0
+
+
+def test_deadlines_cleared_for_complete_requests():
+    """
+    A complete request leaves no receive deadline running.
+    """
+    harness = HubHarness(header_timeout=5, body_timeout=5, queue_timeout=1000, request_timeout=1000)
+    channel, transport = harness.consumer(
+        b"POST / HTTP/1.1\r\nHost: hub\r\nContent-Length: 3\r\n\r\nabc"
+    )
+    harness.clock.advance(100)
+    assert transport.value() == b""
+    assert harness.pool.queued == 1
