@@ -34,6 +34,18 @@ UPGRADE_TOKENS = (b"ptth", b"PTTH/1.0")
 #: The ALPN identifier of the one protocol spoken after the switch.
 HTTP11_ALPN = b"http%2F1.1"
 
+#: The header of the requeue signal: a 503 with it means "not processed".
+REQUEUE_HEADER = b"Pothead-Requeue"
+
+#: What a draining worker sends on an idle slot before it closes it: a
+#: requeue signal that also closes the connection.  If the hub sent a
+#: request at that moment, the notice answers it and the hub requeues it.
+DETACH_NOTICE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    + REQUEUE_HEADER
+    + b": 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
+
 #: Limits on a handshake head: no real attach comes anywhere near them.
 MAX_HEAD_LINE = 8 * 1024
 MAX_HEAD_BYTES = 32 * 1024
@@ -101,6 +113,8 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         """
         self.setTimeout(None)
         self.transport.abortConnection()
+        # Ignore what else was read with the offending bytes.
+        self.lineReceived = self.rawDataReceived = lambda data: None
 
     def switch_to(self, successor: Protocol) -> None:
         """

@@ -20,6 +20,8 @@ What the hub relies on:
 - A connection lost before any response byte fails the request with
   ``ResponseNeverReceived``; one lost later, or a malformed response, with
   ``ResponseFailed``.
+- The quiescent callback runs while the response's parser, with the
+  connection headers, is still attached (``wants_close``).
 - For a non-HEAD response ``Content-Length`` is not in ``response.headers``
   but in ``response.length``; for HEAD it stays in the headers.
 """
@@ -34,6 +36,27 @@ from twisted.web._newclient import (
     ResponseNeverReceived,
 )
 
+
+def wants_close(client: HTTP11ClientProtocol) -> bool:
+    """
+    Whether the response just completed on C{client} ends its connection.
+
+    Twisted closes only on a ``Connection`` header whose whole value is
+    ``close``; a worker may also say ``Close``, ``keep-alive, close``, or
+    answer in HTTP/1.0 without ``keep-alive``.  Call this from the
+    quiescent callback, while the response's parser is still attached.
+    """
+    parser = client._parser
+    tokens = {
+        token.strip().lower()
+        for value in parser.connHeaders.getRawHeaders(b"connection", ())
+        for token in value.split(b",")
+    }
+    if b"close" in tokens:
+        return True
+    return parser.response.version < (b"HTTP", 1, 1) and b"keep-alive" not in tokens
+
+
 __all__ = [
     "HTTP11ClientProtocol",
     "Request",
@@ -42,4 +65,5 @@ __all__ = [
     "RequestTransmissionFailed",
     "ResponseFailed",
     "ResponseNeverReceived",
+    "wants_close",
 ]

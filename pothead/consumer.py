@@ -66,6 +66,13 @@ class ConsumerChannel(HTTPChannel):
         self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
         self._deadline: IDelayedCall | None = None
 
+    def dataReceived(self, data: bytes) -> None:
+        # The head's deadline runs from its first byte, so that a request
+        # line trickled a byte at a time is bounded too.
+        if self._deadline is None and not self.requests:
+            self._set_deadline(self.limits.header_timeout, "request head")
+        super().dataReceived(data)
+
     def lineReceived(self, line: bytes) -> None:
         if self._deadline is None:
             self._set_deadline(self.limits.header_timeout, "request head")
@@ -159,7 +166,15 @@ class JobResource(Resource):
         self._clock = clock
         self._limits = limits
 
-    def render(self, request: Request) -> int:
+    def render(self, request: Request) -> bytes | int:
+        if len(request.requestHeaders.getRawHeaders(b"host", ())) > 1:
+            # RFC 9112 section 3.2: a request with several Host headers is
+            # answered 400; a worker must not have to guess which one counts.
+            _log.info("refused a request from {peer}: 400 (several Host headers)",
+                      peer=request.getClientAddress())
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", b"text/plain")
+            return b"Bad Request: several Host headers\n"
         Job(request, self._pool, self._clock, self._limits).queue()
         return NOT_DONE_YET
 

@@ -103,7 +103,7 @@ def _chosen_upgrade(headers: Headers) -> bytes:
     chosen = next(
         (t for t in offered if t.lower() in (u.lower() for u in UPGRADE_TOKENS)), None
     )
-    upgrade_required = (b"Upgrade: " + UPGRADE_TOKENS[0], b"Connection: Upgrade")
+    upgrade_required = (b"Upgrade: " + UPGRADE_TOKENS[0],)
     if chosen is None:
         raise AttachRefused(426, "upgrade to ptth is required", upgrade_required)
     alpn = header_tokens(headers, b"alpn")

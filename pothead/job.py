@@ -47,6 +47,7 @@ class Job:
 
     :ivar arrived: when the hub received the request, by the hub's clock.
     :ivar attempts: how many times the job was sent to a worker.
+    :ivar lost_workers: how many workers vanished before answering it.
     :ivar handed_back: how many times a worker answered it with the requeue
         signal.
     :ivar slot: the slot serving it now, or L{None} while queued.
@@ -66,6 +67,7 @@ class Job:
             limits.request_timeout, self._request_expired
         )
         self.attempts = 0
+        self.lost_workers = 0
         self.handed_back = 0
         self.slot: Slot | None = None
         self.gone = False
@@ -81,6 +83,11 @@ class Job:
         return self.request.method
 
     @property
+    def what(self) -> str:
+        """The request line's method and target, for log lines."""
+        return f"{self.request.method.decode('latin-1')} {self.request.uri.decode('latin-1')}"
+
+    @property
     def idempotent(self) -> bool:
         return self.request.method in IDEMPOTENT
 
@@ -89,8 +96,7 @@ class Job:
         headers = end_to_end(request.requestHeaders)
         host = request.requestHeaders.getRawHeaders(b"host")
         if not host:
-            here = request.getHost()
-            headers.setRawHeaders(b"Host", [b"%s:%d" % (here.host.encode(), here.port)])
+            headers.setRawHeaders(b"Host", [_address_text(request.getHost()).encode()])
         proto = b"https" if request.isSecure() else b"http"
         peer = request.getClientAddress()
         add_forwarded(
@@ -116,7 +122,7 @@ class Job:
         Join the end of the pool's queue, or answer 503 if it is full.
         """
         if self.pool.queued >= self._limits.max_queue:
-            self._unavailable(f"queue full ({self._limits.max_queue} waiting)")
+            self.unavailable(f"queue full ({self._limits.max_queue} waiting)")
             return
         self._wait_in_line()
         self.pool.put(self)
@@ -144,14 +150,13 @@ class Job:
 
     def _queue_expired(self) -> None:
         self.pool.discard(self)
-        self._unavailable(f"waited {self._limits.queue_timeout:g}s for a worker")
+        self.unavailable(f"waited {self._limits.queue_timeout:g}s for a worker")
 
     def _request_expired(self) -> None:
         self._request_timer = None
         why = f"no response within {self._limits.request_timeout:g}s"
         _log.warn(
-            "{method} {uri} from {peer}: 504, {why}",
-            method=self.method, uri=self.request.uri, peer=self.peer, why=why,
+            "{request} from {peer}: 504, {why}", request=self.what, peer=self.peer, why=why,
         )
         if self.slot is None:
             self.pool.discard(self)
@@ -161,10 +166,12 @@ class Job:
             self.slot.abort()
         self.answer(504, "The worker did not answer in time.")
 
-    def _unavailable(self, why: str) -> None:
+    def unavailable(self, why: str) -> None:
+        """
+        Answer 503 with Retry-After: no worker will take this job now.
+        """
         _log.warn(
-            "{method} {uri} from {peer}: 503, {why}",
-            method=self.method, uri=self.request.uri, peer=self.peer, why=why,
+            "{request} from {peer}: 503, {why}", request=self.what, peer=self.peer, why=why,
         )
         self.answer(
             503,
@@ -219,6 +226,9 @@ class Job:
                 headers.setRawHeaders(b"Content-Length", length[-1:])
         elif response.length is not UNKNOWN_LENGTH and response.code not in _NO_BODY:
             headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
+        # Keep the Connection header twisted.web set for this consumer.
+        for value in request.responseHeaders.getRawHeaders(b"connection", ()):
+            headers.addRawHeader(b"Connection", value)
         request.responseHeaders = headers
         response.deliverBody(_BodyRelay(self, done))
 
@@ -283,12 +293,10 @@ class _BodyRelay(Protocol):
                 job.request.finish()
             else:
                 _log.warn(
-                    "worker response to {method} {uri} broke off: {why}; "
-                    "consumer {peer} cut off",
-                    method=job.method,
-                    uri=job.request.uri,
+                    "worker response to {request} broke off: {why}; consumer {peer} cut off",
+                    request=job.what,
                     why=reason.getErrorMessage(),
-                    peer=job.request.getClientAddress(),
+                    peer=job.peer,
                 )
                 job.abort()
         self._done(reason)
@@ -304,6 +312,19 @@ class Discard(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._done(reason)
+
+
+def _address_text(address) -> str:
+    """
+    An address as a Host header names it: C{host:port}, IPv6 bracketed;
+    C{localhost} for a UNIX socket.
+    """
+    host = getattr(address, "host", None)
+    if host is None:
+        return "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{address.port}"
 
 
 def _cancel(call: IDelayedCall | None) -> None:

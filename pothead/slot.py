@@ -16,16 +16,15 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IResponse
 
+from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER
 from pothead.client import (
     HTTP11ClientProtocol,
     RequestTransmissionFailed,
     ResponseNeverReceived,
+    wants_close,
 )
 from pothead.job import Discard, Job
 from pothead.pool import Pool
-
-#: A response that means "not processed, give it to someone else".
-REQUEUE_HEADER = b"pothead-requeue"
 
 #: How many times a job is handed back after its worker vanished before
 #: answering.  Only idempotent methods are ever retried this way.
@@ -43,9 +42,8 @@ def is_requeue_signal(response: IResponse) -> bool:
     Whether a worker answered "not processed": status 503 with
     C{Pothead-Requeue: 1}.
     """
-    return response.code == 503 and response.headers.getRawHeaders(
-        REQUEUE_HEADER, [b""]
-    )[0].strip() == b"1"
+    values = response.headers.getRawHeaders(REQUEUE_HEADER, [b""])
+    return response.code == 503 and values[0].strip() == b"1"
 
 
 class Slot(Protocol):
@@ -74,6 +72,10 @@ class Slot(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.job is None:
+            if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
+                _log.info("worker {worker} detached", worker=self.worker)
+                self.transport.loseConnection()
+                return
             _log.warn(
                 "worker {worker} ({peer}) sent {n} bytes while no request was "
                 "pending; dropping its connection",
@@ -108,7 +110,7 @@ class Slot(Protocol):
 
     def _serve(self, job: Job) -> None:
         self._waiting = None
-        if job.gone:
+        if job.gone or job.request.finished:
             self._take_next()
             return
         self.job = job
@@ -120,7 +122,10 @@ class Slot(Protocol):
     def _quiescent(self, client: HTTP11ClientProtocol) -> None:
         # Twisted calls this before the body protocol learns the response
         # is done; the next request is sent from _finished, after that.
-        self._reusable = True
+        if wants_close(client):
+            client.transport.loseConnection()
+        else:
+            self._reusable = True
 
     def _response(self, response: IResponse, job: Job) -> None:
         if is_requeue_signal(response):
@@ -129,13 +134,17 @@ class Slot(Protocol):
         job.relay(response, lambda reason: self._finished(job))
 
     def _handed_back(self, job: Job) -> None:
+        # A worker that hands a job back is not ready for another: close
+        # this slot, and let the worker reattach when it is.
+        self._reusable = False
+        self.transport.loseConnection()
         job.handed_back += 1
-        if job.handed_back > MAX_REQUEUE_SIGNALS:
-            job.answer(503, "Every worker declined this request.")
+        if job.gone or job.request.finished:
+            pass
+        elif job.handed_back > MAX_REQUEUE_SIGNALS:
+            job.unavailable(f"handed back by workers {job.handed_back} times")
         else:
-            _log.debug(
-                "worker {worker} handed back {uri}", worker=self.worker, uri=job.request.uri
-            )
+            _log.info("worker {worker} handed back {request}", worker=self.worker, request=job.what)
             job.requeue()
         self._finished(job)
 
@@ -143,20 +152,19 @@ class Slot(Protocol):
         never_started = reason.check(ResponseNeverReceived, RequestTransmissionFailed)
         if job.gone or job.request.finished:
             pass
-        elif never_started and job.idempotent and job.attempts <= RETRIES_ON_LOST_WORKER:
+        elif never_started and job.idempotent and job.lost_workers < RETRIES_ON_LOST_WORKER:
+            job.lost_workers += 1
             _log.info(
-                "worker {worker} lost before answering {method} {uri}; requeued",
+                "worker {worker} lost before answering {request}; requeued",
                 worker=self.worker,
-                method=job.method,
-                uri=job.request.uri,
+                request=job.what,
             )
             job.requeue()
         else:
             _log.warn(
-                "worker {worker} failed {method} {uri}: {why}",
+                "worker {worker} failed {request}: {why}; answering 502",
                 worker=self.worker,
-                method=job.method,
-                uri=job.request.uri,
+                request=job.what,
                 why=_describe(reason),
             )
             job.answer(502, "The worker failed to answer this request.")

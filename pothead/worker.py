@@ -11,43 +11,27 @@ the worker has slots.
 from __future__ import annotations
 
 import os
-import random
 import socket
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from pothead.environ import WSGIApp, behind_hub
-from pothead.worker_attach import AttachFactory
+from pothead.worker_attach import AttachFactory, WorkerChannel
 
 #: Seconds the hub has to answer an attach request.
 DEFAULT_ATTACH_TIMEOUT = 10.0
 
-#: The longest wait between two attempts to reach a hub, in seconds.
-MAX_RETRY_DELAY = 5.0
+#: Seconds in-flight requests get to finish when the worker stops.
+DEFAULT_DRAIN_TIMEOUT = 60.0
 
 _log = Logger()
-
-
-def retry_delay(attempt: int) -> float:
-    """
-    Seconds before reconnect attempt C{attempt} (1 for the first after a
-    connection ended).
-
-    The first reconnect is immediate: a slot the hub closed after a
-    response, or that the app asked to close, is back in line at once.
-    Later ones back off exponentially, with jitter so that a restarted hub
-    is not hit by every slot in the same instant.
-    """
-    if attempt <= 1:
-        return 0.0
-    return min(0.1 * 2 ** (attempt - 2), MAX_RETRY_DELAY) * (0.5 + random.random())
 
 
 class ThreadPoolService(Service):
@@ -68,6 +52,42 @@ class ThreadPoolService(Service):
         self.pool.stop()
 
 
+class WorkerService(MultiService):
+    """
+    A worker's slots and thread pool, which drains before it stops.
+
+    Stopping (SIGTERM under twistd) first detaches every idle slot, lets
+    busy slots finish their response and then detach, refuses to reattach,
+    and only then stops the slots' services and the thread pool.  A request
+    the hub sends to a slot while it detaches is handed back, unprocessed.
+    """
+
+    def __init__(self, reactor, drain_timeout: float) -> None:
+        super().__init__()
+        self.factories: list[AttachFactory] = []
+        self._reactor = reactor
+        self._drain_timeout = drain_timeout
+
+    async def _drain(self) -> None:
+        drained = gatherResults([factory.drain() for factory in self.factories])
+        drained.addTimeout(self._drain_timeout, self._reactor)
+        try:
+            await drained
+        except Exception:
+            busy = sum(len(factory.clients) for factory in self.factories)
+            _log.warn(
+                "drain timed out after {timeout}s; cutting {busy} slots",
+                timeout=self._drain_timeout,
+                busy=busy,
+            )
+
+    def stopService(self) -> Deferred[None]:
+        _log.info("draining {n} slots", n=len(self.factories))
+        drained = Deferred.fromCoroutine(self._drain())
+        drained.addCallback(lambda _: super(WorkerService, self).stopService())
+        return drained
+
+
 def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:
     """
     The Site every slot serves after attaching: the app, behind the hub.
@@ -75,7 +95,9 @@ def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:
     Slots never time out for idleness: an idle slot is a worker waiting
     for work, which is its normal state.
     """
-    return Site(WSGIResource(reactor, pool, behind_hub(app)), timeout=None)
+    site = Site(WSGIResource(reactor, pool, behind_hub(app)), timeout=None)
+    site.protocol = WorkerChannel
+    return site
 
 
 def slot_name(index: int) -> str:
@@ -83,11 +105,6 @@ def slot_name(index: int) -> str:
     How slot C{index} of this process introduces itself to the hub.
     """
     return f"{socket.gethostname()}/{os.getpid()}/{index}"
-
-
-def _log_refusal(reason: Failure) -> Failure:
-    _log.warn("{why}", why=reason.getErrorMessage())
-    return reason
 
 
 def worker_service(
@@ -98,7 +115,8 @@ def worker_service(
     token: str | None = None,
     pool: str = "default",
     attach_timeout: float = DEFAULT_ATTACH_TIMEOUT,
-) -> MultiService:
+    drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+) -> WorkerService:
     """
     A worker with C{slots} slots attached to the hub at C{hub}.
 
@@ -109,8 +127,9 @@ def worker_service(
     :param token: the hub's bearer token, if it requires one.
     :param pool: the pool to join.
     :param attach_timeout: seconds the hub has to answer an attach.
+    :param drain_timeout: seconds in-flight requests get when stopping.
     """
-    service = MultiService()
+    service = WorkerService(reactor, drain_timeout)
     threads = ThreadPool(minthreads=slots, maxthreads=slots, name="pothead-wsgi")
     ThreadPoolService(threads).setServiceParent(service)
     site = worker_site(reactor, threads, app)
@@ -119,11 +138,12 @@ def worker_service(
         factory = AttachFactory(
             site, pool, token, slot_name(index), attach_timeout, reactor
         )
+        service.factories.append(factory)
         ClientService(
             endpoint,
             factory,
-            retryPolicy=retry_delay,
+            retryPolicy=factory.retry_delay,
             clock=reactor,
-            prepareConnection=lambda client: client.attach().addErrback(_log_refusal),
+            prepareConnection=lambda client: client.attach(),
         ).setServiceParent(service)
     return service

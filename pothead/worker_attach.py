@@ -5,23 +5,44 @@ serve HTTP on it.
 
 from __future__ import annotations
 
-from twisted.internet.defer import Deferred
+import random
+
+from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
-from pothead.attach import UPGRADE_TOKENS, HeadReceiver, attach_request, header_tokens
+from pothead.attach import (
+    DETACH_NOTICE,
+    UPGRADE_TOKENS,
+    HeadReceiver,
+    attach_request,
+    header_tokens,
+)
 
 _log = Logger()
 
+#: The longest wait between two attempts to reach a hub, in seconds,
+#: before jitter (which adds up to half again).
+MAX_RETRY_DELAY = 5.0
 
-class AttachFailed(Exception):
+
+class WorkerChannel(HTTPChannel):
     """
-    The hub did not accept this slot's attach request.
+    The HTTP channel a slot serves on, which says when it has no request
+    in progress, so a draining slot can detach at that moment.
     """
+
+    on_idle = staticmethod(lambda: None)
+
+    def requestDone(self, request) -> None:
+        super().requestDone(request)
+        if not self.requests:
+            self.on_idle()
 
 
 class AttachClient(HeadReceiver):
@@ -42,21 +63,29 @@ class AttachClient(HeadReceiver):
         self.timeout = timeout
         self.callLater = clock.callLater
         self._attached: Deferred[None] | None = None
+        self._channel: WorkerChannel | None = None
+        self._draining = False
+        self._detached = False
+        self._closed: list[Deferred[None]] = []
+        self.connected_now = False
 
     def connectionMade(self) -> None:
         # The handshake timeout starts with attach(), not with the connect.
-        pass
+        self.connected_now = True
+        self.factory.clients.add(self)
 
     def attach(self) -> Deferred[None]:
         """
         Send the attach request.
 
         :return: fires when the hub has switched protocols and this slot
-            serves HTTP; fails with L{AttachFailed} on a refusal, a bad
-            answer, a timeout or a lost connection.
+            serves HTTP, or when the attempt is over: refused, a bad answer,
+            a timeout or a lost connection.  It never fails:
+            L{ClientService} cannot take a failed preparation followed by the
+            connection's end, so refusals back off through
+            L{AttachFactory.retry_delay} instead.
         """
-        peer = self.transport.getPeer()
-        host = f"{peer.host}:{peer.port}" if hasattr(peer, "port") else "localhost"
+        host = _host_header(self.transport.getPeer())
         self._attached = Deferred()
         self.setTimeout(self.timeout)
         self.transport.write(attach_request(host, self._pool, self._token, self.name))
@@ -70,35 +99,131 @@ class AttachClient(HeadReceiver):
             self._fail(f"hub answered {status_line.decode('latin-1')!r}")
             self.transport.loseConnection()
             return
-        channel = self._site.buildProtocol(self.transport.getPeer())
-        self.switch_to(channel)
+        self.factory.refusals = 0
+        if self._draining:
+            self.transport.loseConnection()
+            return
+        self._channel = self._site.buildProtocol(self.transport.getPeer())
+        self._channel.on_idle = self._channel_idle
+        self.switch_to(self._channel)
         attached, self._attached = self._attached, None
         attached.callback(None)
+
+    def drain(self) -> Deferred[None]:
+        """
+        Leave the hub without losing a request: an idle slot detaches at
+        once, a busy one as soon as its response is complete.
+
+        :return: fires when the connection is closed.
+        """
+        if not self.connected_now:
+            return succeed(None)
+        closed: Deferred[None] = Deferred()
+        self._closed.append(closed)
+        self._draining = True
+        if self._channel is None:
+            self.transport.loseConnection()
+        elif not self._channel.requests:
+            self._detach()
+        return closed
+
+    def _channel_idle(self) -> None:
+        if self._draining:
+            self._detach()
+
+    def _detach(self) -> None:
+        # The notice is a requeue signal: should the hub have sent a request
+        # at this very moment, it takes the notice as that request's answer
+        # and gives the request to another slot.  Half-closing, not closing,
+        # keeps the hub's request from meeting a reset that could destroy
+        # the notice in flight; the hub closes its end on reading it.
+        if self._detached:
+            return
+        self._detached = True
+        self.transport.write(DETACH_NOTICE)
+        getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._detached:
+            return
+        super().rawDataReceived(data)
 
     def head_failed(self, why: str) -> None:
         self._fail(f"bad answer from hub: {why}")
         super().head_failed(why)
 
     def connectionLost(self, reason: Failure = None) -> None:
+        self.connected_now = False
+        self.factory.clients.discard(self)
         self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
         super().connectionLost(reason)
+        closed, self._closed = self._closed, []
+        for d in closed:
+            d.callback(None)
 
     def _fail(self, why: str) -> None:
         if self._attached is not None:
             attached, self._attached = self._attached, None
-            attached.errback(AttachFailed(f"slot {self.name}: {why}"))
+            self.factory.refusals += 1
+            _log.warn("slot {slot} not attached: {why}", slot=self.name, why=why)
+            attached.callback(None)
+
+
+def retry_delay(attempt: int) -> float:
+    """
+    Seconds before reconnect attempt C{attempt} (1 for the first after a
+    connection ended).
+
+    The first reconnect is immediate: a slot the hub closed after a
+    response, or that the app asked to close, is back in line at once.
+    Later ones back off exponentially, with jitter so that a restarted hub
+    is not hit by every slot in the same instant.
+    """
+    if attempt <= 1:
+        return 0.0
+    return min(0.1 * 2 ** (attempt - 2), MAX_RETRY_DELAY) * (0.5 + random.random())
+
+
+def _host_header(peer) -> str:
+    host = getattr(peer, "host", None)
+    if host is None:
+        return "localhost"
+    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
 
 
 class AttachFactory(Factory):
     """
     Build an L{AttachClient} for each connection one slot opens.
+
+    :ivar clients: the slot's connections that are open now.
+    :ivar draining: once set, new connections are refused, so a draining
+        worker does not reattach.
     """
 
     def __init__(self, site: Site, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime) -> None:
         self._args = (site, pool, token, name, timeout, clock)
+        self.clients: set[AttachClient] = set()
+        self.draining = False
+        self.refusals = 0
 
-    def buildProtocol(self, addr) -> AttachClient:
+    def retry_delay(self, attempt: int) -> float:
+        """
+        The slot's reconnect policy: L{retry_delay}, counting failed
+        attaches in a row as failed attempts too.
+        """
+        return retry_delay(max(attempt, self.refusals + 1))
+
+    def buildProtocol(self, addr) -> AttachClient | None:
+        if self.draining:
+            return None
         client = AttachClient(*self._args)
         client.factory = self
         return client
+
+    def drain(self) -> Deferred[list]:
+        """
+        Stop reattaching, and drain every open connection.
+        """
+        self.draining = True
+        return gatherResults([client.drain() for client in list(self.clients)])

@@ -14,7 +14,7 @@ from twisted.python import usage
 from pothead.attach import DEFAULT_POOL
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
-from pothead.worker import DEFAULT_ATTACH_TIMEOUT, worker_service
+from pothead.worker import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
 
 
 def load_app(spec: str, app_dir: str):
@@ -74,12 +74,14 @@ class Options(usage.Options):
          "File whose first line is the hub's token (default: $POTHEAD_TOKEN)."],
         ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
          "Seconds the hub has to answer an attach.", float],
+        ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
+         "Seconds in-flight requests get to finish on stop (SIGTERM).", float],
     ]
 
     def postOptions(self) -> None:
         if self["app"] is None:
             raise usage.UsageError("--app module:app is required")
-        require_positive(self, "slots", "attach-timeout")
+        require_positive(self, "slots", "attach-timeout", "drain-timeout")
         self["wsgi"] = load_app(self["app"], self["app-dir"])
         try:
             self["token"] = load_token(self["token-file"])
@@ -101,4 +103,5 @@ def makeService(config: Options) -> MultiService:
         token=config["token"],
         pool=config["pool"],
         attach_timeout=config["attach-timeout"],
+        drain_timeout=config["drain-timeout"],
     )

@@ -16,7 +16,7 @@ from pothead.attach import MAX_HEAD_BYTES, attach_request
 from pothead.hub_attach import WorkerPortFactory
 from pothead.pool import Pool
 from pothead.tokens import TokenCheck
-from pothead.worker_attach import AttachClient, AttachFailed
+from pothead.worker_attach import AttachFactory
 
 ATTACH_TIMEOUT = 5.0
 
@@ -219,7 +219,7 @@ class Hello(Resource):
 
 def worker_connection():
     clock = Clock()
-    client = AttachClient(Site(Hello()), "default", "tok", "me/1/0", 3.0, clock)
+    client = AttachFactory(Site(Hello()), "default", "tok", "me/1/0", 3.0, clock).buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4040))
     client.makeConnection(transport)
     return client, transport, clock
@@ -236,7 +236,7 @@ def test_worker_attaches_then_serves():
     assert transport.value() == attach_request("127.0.0.1:4040", "default", "tok", "me/1/0")
     transport.clear()
     client.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n\r\n")
-    assert attached.called
+    assert attached.called and client.factory.refusals == 0
     client.dataReceived(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
     assert transport.value().startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.value().endswith(b"\r\n\r\nhi")
@@ -260,10 +260,10 @@ def test_worker_attach_refused(answer):
     client, transport, clock = worker_connection()
     attached = client.attach()
     client.dataReceived(answer)
-    failure = attached.result
-    attached.addErrback(lambda f: None)
-    assert isinstance(failure, Failure) and failure.check(AttachFailed)
+    assert attached.called and client._channel is None
     assert transport.disconnecting
+    assert client.factory.refusals == 1
+    assert client.factory.retry_delay(1) >= 0.05
 
 
 def test_worker_attach_timeout():
@@ -275,6 +275,5 @@ def test_worker_attach_timeout():
     clock.advance(3.1)
     assert transport.disconnecting
     client.connectionLost(Failure(ConnectionError()))
-    failure = attached.result
-    attached.addErrback(lambda f: None)
-    assert failure.check(AttachFailed)
+    assert attached.called and client._channel is None
+    assert client.factory.refusals == 1

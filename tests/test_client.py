@@ -18,6 +18,7 @@ from pothead.client import (
     Request,
     ResponseFailed,
     ResponseNeverReceived,
+    wants_close,
 )
 
 
@@ -145,3 +146,27 @@ def test_request_framing():
         b"PATCH /p?q=%20 HTTP/1.1\r\nContent-Length: 3\r\nHost: w\r\n"
         b"X-Dup: 1\r\nX-Dup: 2\r\n\r\nabc"
     )
+
+
+def quiescent_verdicts(head: bytes) -> list[bool]:
+    verdicts = []
+    client = HTTP11ClientProtocol(lambda c: verdicts.append(wants_close(c)))
+    client.makeConnection(StringTransport())
+    results = send(client)
+    client.dataReceived(head)
+    results[0].deliverBody(Recorder([]))
+    return verdicts
+
+
+def test_wants_close_reads_every_form_of_close():
+    """
+    wants_close sees a close Twisted's client would miss, and only then.
+    """
+    assert quiescent_verdicts(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == [False]
+    assert quiescent_verdicts(
+        b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 0\r\n\r\n"
+    ) == [True]
+    assert quiescent_verdicts(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n") == [True]
+    assert quiescent_verdicts(
+        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
+    ) == [False]

@@ -128,6 +128,7 @@ def test_worker_options(monkeypatch):
         "token-file": None,
         "token": None,
         "attach-timeout": 10.0,
+        "drain-timeout": 60.0,
     }
 
 
