@@ -1,0 +1,213 @@
+"""
+Failures and drains, with real sockets on loopback: nothing is lost and
+nothing runs twice by accident.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import pytest_twisted
+from twisted.internet import defer, reactor
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory, Protocol
+from twisted.web.client import ResponseFailed
+
+from pothead.attach import DETACH_NOTICE, attach_request
+from tests.conftest import WAIT, wait_for
+from tests.http import Client
+
+
+def counting_app(calls: list):
+    def app(environ, start_response):
+        calls.append(environ["REQUEST_METHOD"])
+        body = environ["wsgi.input"].read()
+        start_response("200 OK", [("Content-Length", str(len(body) + 2))])
+        return [b"ok" + body]
+
+    return app
+
+
+class ScriptedWorker(Protocol):
+    """
+    A hand-written worker that attaches, then does C{on_request} with the
+    first request it receives.
+    """
+
+    def __init__(self, on_request) -> None:
+        self.on_request = on_request
+        self.buffer = b""
+        self.attached = False
+        self.requests = 0
+
+    def connectionMade(self) -> None:
+        self.transport.write(attach_request("hub", "default", None, "scripted"))
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if not self.attached and b"\r\n\r\n" in self.buffer:
+            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            self.attached = True
+        if self.attached and b"\r\n\r\n" in self.buffer and not self.requests:
+            self.requests += 1
+            self.on_request(self.transport)
+
+
+async def scripted_worker(running_hub, on_request) -> ScriptedWorker:
+    worker = ScriptedWorker(on_request)
+    endpoint = clientFromString(reactor, running_hub.worker_endpoint)
+    expected = running_hub.pool.idle + 1
+    await endpoint.connect(Factory.forProtocol(lambda: worker))
+    await wait_for(lambda: running_hub.pool.idle >= expected, what="the scripted worker")
+    return worker
+
+
+REQUEUE = b"HTTP/1.1 503 Service Unavailable\r\nPothead-Requeue: 1\r\nContent-Length: 4\r\n\r\nbusy"
+
+
+@pytest.mark.parametrize("answer", [REQUEUE, DETACH_NOTICE], ids=["requeue", "detach-notice"])
+@pytest_twisted.ensureDeferred
+async def test_handed_back_post_served_elsewhere(running_hub, answer):
+    """
+    A POST a worker hands back (the requeue signal, or a draining worker's
+    detach notice racing the request) is served by another worker; the
+    consumer never sees the 503, and the app runs once.
+    """
+    scripted = await scripted_worker(running_hub, lambda transport: transport.write(answer))
+    calls: list = []
+    await running_hub.add_worker(counting_app(calls))
+    client = Client()
+    try:
+        response, body = await client.request("POST", running_hub.url + "/x", data=b"payload")
+    finally:
+        await client.close()
+    assert (response.code, body) == (200, b"okpayload")
+    assert scripted.requests == 1
+    assert calls == ["POST"]
+    await wait_for(lambda: not scripted.transport.connected, what="the handing-back slot to close")
+
+
+@pytest.mark.parametrize("method, code", [("GET", 200), ("PUT", 200), ("POST", 502)])
+@pytest_twisted.ensureDeferred
+async def test_worker_lost_before_answering(running_hub, method, code):
+    """
+    A worker that vanishes before answering: an idempotent request is
+    given to another worker, a POST gets 502 (it may have been processed).
+    """
+    scripted = await scripted_worker(running_hub, lambda transport: transport.abortConnection())
+    calls: list = []
+    await running_hub.add_worker(counting_app(calls))
+    client = Client()
+    try:
+        response, _ = await client.request(method, running_hub.url + "/x", data=b"")
+    finally:
+        await client.close()
+    assert response.code == code
+    assert scripted.requests == 1
+    assert calls == ([method] if code == 200 else [])
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncated_response_cuts_consumer_off(running_hub):
+    """
+    A worker that dies mid-body: the consumer's connection is cut, never
+    handed a short body as if it were complete.
+    """
+    await scripted_worker(
+        running_hub,
+        lambda t: (t.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this"),
+                   t.loseConnection()),
+    )
+    client = Client()
+    try:
+        # Cut before or after the head reached it: a failure either way.
+        with pytest.raises(ResponseFailed):
+            await client.request("GET", running_hub.url + "/x")
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_malformed_response_is_502_and_hub_goes_on(running_hub):
+    """
+    Garbage instead of a response gives 502; the next request is served.
+    """
+    await scripted_worker(running_hub, lambda t: t.write(b"NOT HTTP AT ALL\r\n\r\n"))
+    calls: list = []
+    client = Client()
+    try:
+        response, _ = await client.request("GET", running_hub.url + "/x")
+        assert response.code == 502
+        await running_hub.add_worker(counting_app(calls))
+        response, _ = await client.request("GET", running_hub.url + "/y")
+        assert response.code == 200
+    finally:
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_finishes_in_flight_then_stops(running_hub):
+    """
+    Stopping a worker detaches its idle slot at once, lets the busy one
+    finish its response, and only then completes.
+    """
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        gate.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "4")])
+        return [b"done"]
+
+    service = await running_hub.add_worker(app, slots=2)
+    running_hub._workers.remove(service)
+    client = Client()
+    try:
+        in_flight = defer.ensureDeferred(client.request("POST", running_hub.url + "/", data=b"x"))
+        await wait_for(lambda: running_hub.pool.idle == 1, what="one slot busy")
+        stopped = service.stopService()
+        await wait_for(lambda: len(running_hub.pool.slots) == 1, what="the idle slot to detach")
+        assert not stopped.called
+        gate.set()
+        response, body = await in_flight
+        assert (response.code, body) == (200, b"done")
+        await stopped
+        await wait_for(lambda: not running_hub.pool.slots, what="the busy slot to detach")
+    finally:
+        gate.set()
+        await client.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_gone_while_queued_never_reaches_worker(running_hub):
+    """
+    A consumer that disconnects while queued is taken out of the queue.
+    """
+    gate = threading.Event()
+    calls: list = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/first":
+            gate.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    await running_hub.add_worker(app)
+    client = Client()
+    try:
+        first = defer.ensureDeferred(client.request("GET", running_hub.url + "/first"))
+        await wait_for(lambda: running_hub.pool.idle == 0, what="the slot to be busy")
+        quitter = defer.ensureDeferred(client.request("GET", running_hub.url + "/quitter"))
+        await wait_for(lambda: running_hub.pool.queued == 1, what="the second request queued")
+        quitter.cancel()
+        await wait_for(lambda: running_hub.pool.queued == 0, what="the queue to empty")
+        gate.set()
+        response, _ = await first
+        assert response.code == 200
+    finally:
+        gate.set()
+        await client.close()
+    with pytest.raises(ResponseFailed):
+        await quitter
+    assert calls == ["/first"]
