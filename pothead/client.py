@@ -57,6 +57,36 @@ def wants_close(client: HTTP11ClientProtocol) -> bool:
     return parser.response.version < (b"HTTP", 1, 1) and b"keep-alive" not in tokens
 
 
+def note_content_length(client: HTTP11ClientProtocol) -> None:
+    """
+    Make the response being read on C{client} remember its raw
+    ``Content-Length`` and where it stood among the other headers.
+
+    Twisted moves ``Content-Length`` out of ``response.headers`` (and
+    drops it from 304 and 204 responses altogether); a proxy that must
+    answer exactly as its worker did needs both.  Call right after
+    C{client.request()}, before any response byte arrives.  Sets, on the
+    response, C{content_length} (the raw value or L{None}) and
+    C{content_length_after} (how many other header names came first).
+    """
+    parser = client._parser
+    if parser is None:
+        return
+    received = parser.headerReceived
+    names: dict[bytes, None] = {}
+
+    def header_received(name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower == b"content-length":
+            parser.response.content_length = value
+            parser.response.content_length_after = len(names)
+        elif not parser.isConnectionControlHeader(lower):
+            names[lower] = None
+        received(name, value)
+
+    parser.headerReceived = header_received
+
+
 __all__ = [
     "HTTP11ClientProtocol",
     "Request",
@@ -65,5 +95,6 @@ __all__ = [
     "RequestTransmissionFailed",
     "ResponseFailed",
     "ResponseNeverReceived",
+    "note_content_length",
     "wants_close",
 ]

@@ -18,6 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request as ConsumerRequest
 
@@ -219,16 +220,15 @@ class Job:
             response.deliverBody(Discard(done))
             return
         request.setResponseCode(response.code, response.phrase)
-        headers = end_to_end(response.headers)
-        if request.method == b"HEAD":
-            length = response.headers.getRawHeaders(b"content-length")
-            if length:
-                headers.setRawHeaders(b"Content-Length", length[-1:])
-        elif response.length is not UNKNOWN_LENGTH and response.code not in _NO_BODY:
-            headers.setRawHeaders(b"Content-Length", [b"%d" % (response.length,)])
-        # Keep the Connection header twisted.web set for this consumer.
-        for value in request.responseHeaders.getRawHeaders(b"connection", ()):
-            headers.addRawHeader(b"Connection", value)
+        headers = _with_content_length(response, end_to_end(response.headers))
+        # Keep the Connection header twisted.web set for this consumer, first,
+        # where twisted.web puts it when it serves an app itself.
+        connection = request.responseHeaders.getRawHeaders(b"connection")
+        if connection:
+            ordered = Headers({b"Connection": connection})
+            for name, values in headers.getAllRawHeaders():
+                ordered.setRawHeaders(name, values)
+            headers = ordered
         request.responseHeaders = headers
         response.deliverBody(_BodyRelay(self, done))
 
@@ -312,6 +312,28 @@ class Discard(Protocol):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self._done(reason)
+
+
+def _with_content_length(response: IResponse, headers: Headers) -> Headers:
+    """
+    Put the worker's ``Content-Length`` back where the worker sent it.
+
+    It is passed on whenever the worker sent one and the body was not
+    chunked: for a HEAD, 204 or 304 it describes the representation, and
+    otherwise it equals the body's length.
+    """
+    length = getattr(response, "content_length", None)
+    if length is None or response.length is UNKNOWN_LENGTH and response.code not in _NO_BODY:
+        return headers
+    after = getattr(response, "content_length_after", 0)
+    ordered = Headers()
+    for index, (name, values) in enumerate(headers.getAllRawHeaders()):
+        if index == after:
+            ordered.setRawHeaders(b"Content-Length", [length])
+        ordered.setRawHeaders(name, values)
+    if not ordered.hasHeader(b"content-length"):
+        ordered.setRawHeaders(b"Content-Length", [length])
+    return ordered
 
 
 def _address_text(address) -> str:

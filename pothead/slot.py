@@ -21,6 +21,7 @@ from pothead.client import (
     HTTP11ClientProtocol,
     RequestTransmissionFailed,
     ResponseNeverReceived,
+    note_content_length,
     wants_close,
 )
 from pothead.job import Discard, Job
@@ -115,7 +116,9 @@ class Slot(Protocol):
             return
         self.job = job
         job.taken(self)
-        self._client.request(job.outbound()).addCallbacks(
+        requested = self._client.request(job.outbound())
+        note_content_length(self._client)
+        requested.addCallbacks(
             self._response, self._failed, callbackArgs=(job,), errbackArgs=(job,)
         )
 

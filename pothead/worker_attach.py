@@ -39,6 +39,11 @@ class WorkerChannel(HTTPChannel):
 
     on_idle = staticmethod(lambda: None)
 
+    # The hub has already applied its own header limit (--max-header-size)
+    # to what consumers send; the worker must not refuse what the hub let
+    # through, as Twisted's 16 KiB default would.
+    MAX_LENGTH = totalHeadersSize = 1024 * 1024
+
     def requestDone(self, request) -> None:
         super().requestDone(request)
         if not self.requests:

@@ -1,0 +1,3 @@
+"""
+Small WSGI apps the fidelity tests serve both through the hub and directly.
+"""
