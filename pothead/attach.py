@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
+from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
@@ -71,6 +72,7 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self._successor: Protocol | None = None
 
     def connectionMade(self) -> None:
+        keep_alive(self.transport)
         self.setTimeout(self.timeout)
 
     def lineReceived(self, line: bytes) -> None:
@@ -134,6 +136,15 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._successor is not None:
             self._successor.connectionLost(reason)
+
+
+def keep_alive(transport) -> None:
+    """
+    Turn on TCP keepalive, so that a peer that vanished without a word (a
+    dead host, a dropped NAT mapping) is noticed on an idle connection.
+    """
+    if ITCPTransport.providedBy(transport):
+        transport.setTcpKeepAlive(True)
 
 
 def attach_request(

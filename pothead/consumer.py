@@ -13,6 +13,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from pothead.attach import keep_alive
 from pothead.job import Job
 from pothead.limits import Limits
 from pothead.pool import Pool
@@ -65,6 +66,10 @@ class ConsumerChannel(HTTPChannel):
         self.limits = limits
         self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
         self._deadline: IDelayedCall | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        keep_alive(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         # The head's deadline runs from its first byte, so that a request

@@ -22,6 +22,7 @@ from pothead.attach import (
     HeadReceiver,
     attach_request,
     header_tokens,
+    keep_alive,
 )
 
 _log = Logger()
@@ -78,6 +79,7 @@ class AttachClient(HeadReceiver):
         # The handshake timeout starts with attach(), not with the connect.
         self.connected_now = True
         self.factory.clients.add(self)
+        keep_alive(self.transport)
 
     def attach(self) -> Deferred[None]:
         """

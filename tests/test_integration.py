@@ -113,3 +113,20 @@ async def test_slots_bound_concurrency(running_hub):
         await client.close()
     assert [r.code for r, _ in results] == [200] * 12
     assert probe.most == 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_tcp_keepalive_on_hub_and_worker_sockets(running_hub):
+    """
+    Both ends of a slot have TCP keepalive on, so a peer that vanished
+    silently is noticed.
+    """
+    import socket
+
+    service = await running_hub.add_worker(echo_path)
+    (slot,) = running_hub.pool.slots
+    hub_side = slot.transport.getHandle()
+    assert hub_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    (client,) = service.factories[0].clients
+    worker_side = client.transport.getHandle()
+    assert worker_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
