@@ -81,11 +81,18 @@ class WorkerService(MultiService):
                 busy=busy,
             )
 
+    async def _stop(self) -> None:
+        try:
+            await self._drain()
+        except Exception:
+            # Whatever went wrong, the slots and the thread pool must still
+            # stop, or the process would hang on its way out.
+            _log.failure("drain failed; stopping anyway")
+        await MultiService.stopService(self)
+
     def stopService(self) -> Deferred[None]:
         _log.info("draining {n} slots", n=len(self.factories))
-        drained = Deferred.fromCoroutine(self._drain())
-        drained.addCallback(lambda _: super(WorkerService, self).stopService())
-        return drained
+        return Deferred.fromCoroutine(self._stop())
 
 
 def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:

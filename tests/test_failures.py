@@ -211,3 +211,24 @@ async def test_consumer_gone_while_queued_never_reaches_worker(running_hub):
     with pytest.raises(ResponseFailed):
         await quitter
     assert calls == ["/first"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_connection_close_answer_ends_slot(running_hub):
+    """
+    A worker that answers with Connection: close (in any spelling) gets
+    its answer delivered and its slot closed, not reused.
+    """
+    scripted = await scripted_worker(
+        running_hub,
+        lambda t: t.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n"
+                          b"Content-Length: 2\r\n\r\nok"),
+    )
+    client = Client()
+    try:
+        response, body = await client.request("GET", running_hub.url + "/x")
+    finally:
+        await client.close()
+    assert (response.code, body) == (200, b"ok")
+    await wait_for(lambda: not scripted.transport.connected, what="the slot to close")
+    assert running_hub.pool.slots == set()
