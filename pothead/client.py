@@ -26,6 +26,8 @@ What the hub relies on:
   but in ``response.length``; for HEAD it stays in the headers.
 """
 
+from typing import Callable
+
 from twisted.web._newclient import (
     HTTP11ClientProtocol,
     Request,
@@ -57,21 +59,33 @@ def wants_close(client: HTTP11ClientProtocol) -> bool:
     return parser.response.version < (b"HTTP", 1, 1) and b"keep-alive" not in tokens
 
 
-def note_content_length(client: HTTP11ClientProtocol) -> None:
+def watch_response(client: HTTP11ClientProtocol, leftover: Callable[[bytes], None]) -> None:
     """
-    Make the response being read on C{client} remember its raw
-    ``Content-Length`` and where it stood among the other headers.
+    Learn what Twisted's parser keeps to itself about the response being
+    read on C{client}.  Call right after C{client.request()}, before any
+    response byte arrives.
 
-    Twisted moves ``Content-Length`` out of ``response.headers`` (and
-    drops it from 304 and 204 responses altogether); a proxy that must
-    answer exactly as its worker did needs both.  Call right after
-    C{client.request()}, before any response byte arrives.  Sets, on the
-    response, C{content_length} (the raw value or L{None}) and
-    C{content_length_after} (how many other header names came first).
+    - The raw ``Content-Length`` and where it stood among the other
+      headers: Twisted moves it out of ``response.headers`` (and drops it
+      from 304 and 204 responses altogether), and a proxy that answers
+      exactly as its worker did needs both.  Set on the response as
+      C{content_length} (the raw value or L{None}) and
+      C{content_length_after} (how many other header names came first).
+    - Bytes that arrived after the response's end in the same read:
+      Twisted drops them ("rest" is ignored); they are given to
+      C{leftover}, before the quiescent callback runs.
     """
     parser = client._parser
     if parser is None:
         return
+    finisher = parser.finisher
+
+    def finished(rest: bytes) -> None:
+        if rest:
+            leftover(rest)
+        finisher(rest)
+
+    parser.finisher = finished
     received = parser.headerReceived
     names: dict[bytes, None] = {}
 
@@ -95,6 +109,6 @@ __all__ = [
     "RequestTransmissionFailed",
     "ResponseFailed",
     "ResponseNeverReceived",
-    "note_content_length",
+    "watch_response",
     "wants_close",
 ]

@@ -4,15 +4,25 @@ The hub: the consumer Site and the worker-port factory, sharing pools.
 
 from __future__ import annotations
 
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
 from twisted.web.server import Site
 
 from pothead.attach import DEFAULT_POOL
 from pothead.consumer import consumer_site
+from pothead.exit import exit_cleanly
 from pothead.hub_attach import WorkerPortFactory
 from pothead.limits import Limits
 from pothead.pool import Pool
 from pothead.tokens import TokenCheck
+
+_log = Logger()
+
+#: How often a stopping hub checks whether its work is done, in seconds.
+_STOP_POLL = 0.05
 
 
 class Hub:
@@ -44,3 +54,61 @@ class Hub:
         return WorkerPortFactory(
             self.pools, self._token_check, self.limits.attach_timeout, self._clock
         )
+
+    @property
+    def busy(self) -> int:
+        """
+        Jobs queued or being served, in all pools.
+        """
+        return sum(pool.queued + len(pool.slots) - pool.idle for pool in self.pools.values())
+
+    async def finish_work(self) -> None:
+        """
+        Wait until no job is queued or being served, or the stop timeout
+        has passed.
+        """
+        deadline = self._clock.seconds() + self.limits.stop_timeout
+        while self.busy and self._clock.seconds() < deadline:
+            await deferLater(self._clock, _STOP_POLL, lambda: None)
+        if self.busy:
+            _log.warn("stopping with {busy} jobs unfinished", busy=self.busy)
+        else:
+            exit_cleanly(self._clock)
+
+    def detach_all(self) -> None:
+        """
+        Close every worker connection; idle slots lose nothing by it.
+        """
+        for pool in self.pools.values():
+            for slot in list(pool.slots):
+                slot.transport.loseConnection()
+
+
+class HubService(MultiService):
+    """
+    A hub's listeners, stopped in the order that loses no request: first
+    stop accepting consumers, then let queued and in-flight jobs finish
+    (up to the stop timeout), then let the workers go.
+
+    :ivar consumers: the consumer listeners.
+    :ivar workers: the worker-port listeners.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        super().__init__()
+        self.hub = hub
+        self.consumers = MultiService()
+        self.workers = MultiService()
+        self.consumers.setServiceParent(self)
+        self.workers.setServiceParent(self)
+
+    async def _stop(self) -> None:
+        Service.stopService(self)
+        await self.consumers.stopService()
+        await self.hub.finish_work()
+        self.hub.detach_all()
+        await self.workers.stopService()
+
+    def stopService(self) -> Deferred[None]:
+        _log.info("hub stopping: no new consumers; finishing {busy} jobs", busy=self.hub.busy)
+        return Deferred.fromCoroutine(self._stop())

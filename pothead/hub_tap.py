@@ -5,10 +5,9 @@
 from __future__ import annotations
 
 from twisted.application import strports
-from twisted.application.service import MultiService
 from twisted.python import usage
 
-from pothead.hub import Hub
+from pothead.hub import Hub, HubService
 from pothead.limits import Limits
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
@@ -26,6 +25,7 @@ _LIMIT_OPTIONS = {
     "body-timeout": "body_timeout",
     "attach-timeout": "attach_timeout",
     "retry-after": "retry_after",
+    "stop-timeout": "stop_timeout",
 }
 
 
@@ -64,6 +64,8 @@ class Options(usage.Options):
              "Seconds a worker connection has to finish attaching.", float),
             ("retry-after", DEFAULTS.retry_after,
              "Seconds to suggest in Retry-After with every 503.", int),
+            ("stop-timeout", DEFAULTS.stop_timeout,
+             "Seconds queued and in-flight jobs get to finish when the hub stops.", float),
         ]
     ]
 
@@ -95,17 +97,16 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(config: Options) -> MultiService:
+def makeService(config: Options) -> HubService:
     """
     One listener per ``--consumer`` and ``--worker`` endpoint, all serving
     the same hub.
     """
     from twisted.internet import reactor
 
-    hub = Hub(reactor, token=config["token"], limits=config["limits"])
-    service = MultiService()
+    service = HubService(Hub(reactor, token=config["token"], limits=config["limits"]))
     for endpoint in config["consumer"]:
-        strports.service(endpoint, hub.consumer_site()).setServiceParent(service)
+        strports.service(endpoint, service.hub.consumer_site()).setServiceParent(service.consumers)
     for endpoint in config["worker"]:
-        strports.service(endpoint, hub.worker_factory()).setServiceParent(service)
+        strports.service(endpoint, service.hub.worker_factory()).setServiceParent(service.workers)
     return service

@@ -21,8 +21,8 @@ from pothead.client import (
     HTTP11ClientProtocol,
     RequestTransmissionFailed,
     ResponseNeverReceived,
-    note_content_length,
     wants_close,
+    watch_response,
 )
 from pothead.job import Discard, Job
 from pothead.pool import Pool
@@ -62,6 +62,7 @@ class Slot(Protocol):
         self._client = HTTP11ClientProtocol(self._quiescent)
         self._waiting: Deferred[Job] | None = None
         self._reusable = False
+        self._leftover = b""
 
     def __repr__(self) -> str:
         return f"<Slot {self.worker} pool={self.pool.name}>"
@@ -73,20 +74,31 @@ class Slot(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self.job is None:
-            if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
-                _log.info("worker {worker} detached", worker=self.worker)
-                self.transport.loseConnection()
-                return
-            _log.warn(
-                "worker {worker} ({peer}) sent {n} bytes while no request was "
-                "pending; dropping its connection",
-                worker=self.worker,
-                peer=self.transport.getPeer(),
-                n=len(data),
-            )
-            self.transport.abortConnection()
+            self._unsolicited(data)
             return
         self._client.dataReceived(data)
+
+    def _unsolicited(self, data: bytes) -> None:
+        """
+        Bytes from the worker when no request is pending: a draining
+        worker's detach notice, or garbage.  The slot ends either way.
+        """
+        self._reusable = False
+        if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
+            _log.info("worker {worker} detached", worker=self.worker)
+            self.transport.loseConnection()
+            return
+        _log.warn(
+            "worker {worker} sent {n} bytes while no request was pending; dropping it",
+            worker=self.worker,
+            n=len(data),
+        )
+        self.transport.abortConnection()
+
+    def _leftover_received(self, data: bytes) -> None:
+        # Read together with the end of a response; judged once that
+        # response is done, as if it had arrived on its own.
+        self._leftover += data
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected = False
@@ -117,7 +129,7 @@ class Slot(Protocol):
         self.job = job
         job.taken(self)
         requested = self._client.request(job.outbound())
-        note_content_length(self._client)
+        watch_response(self._client, self._leftover_received)
         requested.addCallbacks(
             self._response, self._failed, callbackArgs=(job,), errbackArgs=(job,)
         )
@@ -176,7 +188,10 @@ class Slot(Protocol):
     def _finished(self, job: Job | None) -> None:
         if self.job is job:
             self.job = None
-        if self._reusable and self.connected:
+        if self._leftover:
+            leftover, self._leftover = self._leftover, b""
+            self._unsolicited(leftover)
+        elif self._reusable and self.connected:
             self._take_next()
 
 

@@ -23,6 +23,7 @@ from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 
 from pothead.environ import WSGIApp, behind_hub
+from pothead.exit import exit_cleanly
 from pothead.worker_attach import AttachFactory, WorkerChannel
 
 #: Seconds the hub has to answer an attach request.
@@ -73,6 +74,7 @@ class WorkerService(MultiService):
         drained.addTimeout(self._drain_timeout, self._reactor)
         try:
             await drained
+            exit_cleanly(self._reactor)
         except Exception:
             busy = sum(len(factory.clients) for factory in self.factories)
             _log.warn(

@@ -256,3 +256,23 @@ def test_deadlines_cleared_for_complete_requests():
     harness.clock.advance(100)
     assert transport.value() == b""
     assert harness.pool.queued == 1
+
+
+def test_detach_notice_read_with_last_response():
+    """
+    A detach notice that arrives in the same read as the end of the
+    previous response still ends the slot: the next job waits for another
+    worker instead of being sent down a closing connection.
+    """
+    from pothead.attach import DETACH_NOTICE
+
+    harness = HubHarness()
+    slot, worker_transport = harness.worker()
+    _, first = harness.consumer(GET)
+    worker_transport.clear()
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok" + DETACH_NOTICE)
+    assert first.value().endswith(b"\r\n\r\nok")
+    assert worker_transport.disconnecting
+    harness.consumer(b"POST /next HTTP/1.1\r\nHost: hub\r\nContent-Length: 1\r\n\r\nx")
+    assert worker_transport.value() == b""
+    assert harness.pool.queued == 1

@@ -46,6 +46,7 @@ def test_hub_defaults(monkeypatch):
         "body-timeout": 300.0,
         "attach-timeout": 10.0,
         "retry-after": 5,
+        "stop-timeout": 30.0,
         "limits": Limits(),
     }
 
@@ -64,7 +65,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "--max-queue", "7", "--queue-timeout", "1.5", "--request-timeout", "9",
         "--max-body-size", "100", "--max-header-size", "1000",
         "--header-timeout", "2", "--body-timeout", "3",
-        "--attach-timeout", "2.5", "--retry-after", "11",
+        "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
@@ -79,10 +80,11 @@ def test_hub_options(tmp_path, monkeypatch):
         "body-timeout": 3.0,
         "attach-timeout": 2.5,
         "retry-after": 11,
+        "stop-timeout": 4.0,
         "limits": Limits(
             max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
             max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0,
-            attach_timeout=2.5, retry_after=11,
+            attach_timeout=2.5, retry_after=11, stop_timeout=4.0,
         ),
     }
 
@@ -167,9 +169,9 @@ def test_hub_service_wiring():
     options = hub_tap.Options()
     options.parseOptions(["--consumer", "tcp:0", "--consumer", "tcp:0", "--worker", "tcp:0"])
     service = hub_tap.makeService(options)
-    children = list(service)
-    assert len(children) == 3
-    assert all(isinstance(child, StreamServerEndpointService) for child in children)
+    consumers, workers = list(service.consumers), list(service.workers)
+    assert (len(consumers), len(workers)) == (2, 1)
+    assert all(isinstance(child, StreamServerEndpointService) for child in consumers + workers)
 
 
 def test_worker_service_wiring():

@@ -1,0 +1,25 @@
+"""
+A WSGI app for the process fault tests: it records every invocation in a
+file (so several worker processes can be counted together) and sleeps as
+asked.
+
+``POTHEAD_TEST_LOG`` names the file; ``?sleep=SECONDS`` the work, scaled
+by ``POTHEAD_TEST_SLEEP_SCALE`` (default 1) so that one worker can be slow
+and another quick.
+"""
+
+import os
+import time
+from urllib.parse import parse_qs
+
+
+def app(environ, start_response):
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    body = environ["wsgi.input"].read()
+    with open(os.environ["POTHEAD_TEST_LOG"], "a") as log:
+        log.write(f"{os.getpid()} {environ['REQUEST_METHOD']} {environ['PATH_INFO']}\n")
+    scale = float(os.environ.get("POTHEAD_TEST_SLEEP_SCALE", "1"))
+    time.sleep(float(query.get("sleep", ["0"])[0]) * scale)
+    answer = b"pid %d got %d bytes" % (os.getpid(), len(body))
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
+    return [answer]

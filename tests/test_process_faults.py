@@ -1,0 +1,165 @@
+"""
+Faults that are about processes, with real ``twistd`` processes: a worker
+killed mid-request, a rolling restart of every worker under load, and a
+hub stopped with work in hand.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from tests.processes import Twistd, get, start_hub
+
+ROOT = Path(__file__).parent.parent
+
+
+@pytest.fixture
+def started():
+    """
+    Processes a test starts, all killed at its end.
+    """
+    processes: list[Twistd] = []
+    yield processes
+    for process in processes:
+        process.stop(signal.SIGKILL)
+
+
+def start_worker(tmp_path, worker_port, log, *argv, sleep_scale=1):
+    return Twistd(
+        "pothead-worker", "--app", "tests.apps.faults:app", "--app-dir", str(ROOT),
+        "--hub", f"tcp:127.0.0.1:{worker_port}", *argv,
+        cwd=tmp_path,
+        env={"POTHEAD_TEST_LOG": str(log), "POTHEAD_TEST_SLEEP_SCALE": str(sleep_scale)},
+    )
+
+
+def invocations(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def wait_until(condition, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+@pytest.mark.parametrize("method, expected", [("POST", 502), ("GET", 200)])
+def test_worker_killed_mid_request(tmp_path, started, method, expected):
+    """
+    A worker killed with SIGKILL mid-request: a POST gets 502 at once (it
+    may have been processed), a GET is given to another worker; the other
+    worker keeps serving.
+    """
+    log = tmp_path / "calls"
+    hub, (consumer, worker_port) = start_hub(tmp_path)
+    started.append(hub)
+    doomed = start_worker(tmp_path, worker_port, log)
+    started.append(doomed)
+    hub.wait_for(r"attached to pool default", count=1)
+    survivor = start_worker(tmp_path, worker_port, log, sleep_scale=0)
+    started.append(survivor)
+    hub.wait_for(r"attached to pool default", count=2)
+
+    with ThreadPoolExecutor(1) as pool:
+        data = b"x" if method == "POST" else None
+        pending = pool.submit(get, f"http://127.0.0.1:{consumer}/slow?sleep=30", data=data, method=method)
+        wait_until(lambda: len(invocations(log)) == 1, what="the request to reach the first worker")
+        killed_at = time.monotonic()
+        doomed.process.kill()
+        status, _ = pending.result(timeout=20)
+        elapsed = time.monotonic() - killed_at
+    print(f"{method} answered {status} {elapsed:.3f}s after the kill")
+    assert status == expected
+    if method == "POST":
+        assert elapsed < 5, f"502 took {elapsed:.2f}s after the kill"
+    assert get(f"http://127.0.0.1:{consumer}/after")[0] == 200
+
+
+def test_rolling_restart_loses_nothing(tmp_path, started):
+    """
+    Every one of three workers is restarted in turn (SIGTERM, then a new
+    one) under steady GET and POST load: no consumer request fails, and the
+    app ran exactly as often as consumers got answers.
+    """
+    log = tmp_path / "calls"
+    hub, (consumer, worker_port) = start_hub(tmp_path)
+    started.append(hub)
+    workers = []
+    for _ in range(3):
+        workers.append(start_worker(tmp_path, worker_port, log, "--slots", "2"))
+    started.extend(workers)
+    hub.wait_for(r"attached to pool default", count=6)
+
+    stop = threading.Event()
+    outcomes: list[int] = []
+    lock = threading.Lock()
+
+    def load(index: int) -> None:
+        deadline = time.monotonic() + 90
+        sent = 0
+        while not stop.is_set() and time.monotonic() < deadline and sent < 2000:
+            method = "POST" if (sent + index) % 2 else "GET"
+            try:
+                status, _ = get(
+                    f"http://127.0.0.1:{consumer}/job?sleep=0.02",
+                    data=b"payload" if method == "POST" else None,
+                    method=method,
+                )
+            except OSError as e:
+                status = repr(e)
+            with lock:
+                outcomes.append(status)
+            sent += 1
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        attached = 6
+        for worker in workers:
+            assert worker.stop(signal.SIGTERM) == 0, worker.output
+            replacement = start_worker(tmp_path, worker_port, log, "--slots", "2")
+            started.append(replacement)
+            attached += 2
+            hub.wait_for(r"attached to pool default", count=attached)
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(60)
+    failures = [status for status in outcomes if status != 200]
+    print(f"rolling restart: {len(outcomes)} requests, {len(failures)} failed")
+    assert not failures, f"{len(failures)} of {len(outcomes)} failed: {failures[:10]}"
+    assert len(outcomes) > 50
+    assert len(invocations(log)) == len(outcomes)
+
+
+def test_hub_stop_finishes_work_in_hand(tmp_path, started):
+    """
+    A hub told to stop (SIGTERM) answers the requests it has queued and in
+    progress, then exits 0.
+    """
+    log = tmp_path / "calls"
+    hub, (consumer, worker_port) = start_hub(tmp_path)
+    started.append(hub)
+    started.append(start_worker(tmp_path, worker_port, log))
+    hub.wait_for(r"attached to pool default")
+    with ThreadPoolExecutor(3) as pool:
+        pending = [
+            pool.submit(get, f"http://127.0.0.1:{consumer}/{i}?sleep=0.4") for i in range(3)
+        ]
+        wait_until(lambda: len(invocations(log)) == 1, what="the first request to start")
+        time.sleep(0.1)
+        assert hub.stop(signal.SIGTERM) == 0, hub.output
+        statuses = [future.result(timeout=20)[0] for future in pending]
+    assert statuses == [200, 200, 200]
+    assert len(invocations(log)) == 3
