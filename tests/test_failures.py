@@ -232,3 +232,37 @@ async def test_connection_close_answer_ends_slot(running_hub):
     assert (response.code, body) == (200, b"ok")
     await wait_for(lambda: not scripted.transport.connected, what="the slot to close")
     assert running_hub.pool.slots == set()
+
+
+@pytest_twisted.ensureDeferred
+async def test_consumer_gone_while_served_drops_that_slot(running_hub):
+    """
+    A consumer that disconnects while its request runs has that worker
+    connection closed (no half-read response can reach the next consumer);
+    the worker reattaches and serves the next request.
+    """
+    gate = threading.Event()
+
+    def app(environ, start_response):
+        if environ["PATH_INFO"] == "/slow":
+            gate.wait(WAIT)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    await running_hub.add_worker(app)
+    (first_slot,) = running_hub.pool.slots
+    client = Client()
+    try:
+        quitter = defer.ensureDeferred(client.request("GET", running_hub.url + "/slow"))
+        await wait_for(lambda: running_hub.pool.idle == 0, what="the slot to be busy")
+        quitter.cancel()
+        await wait_for(lambda: first_slot not in running_hub.pool.slots, what="the slot to close")
+        gate.set()
+        await wait_for(lambda: running_hub.pool.idle == 1, what="the worker to reattach")
+        response, body = await client.request("GET", running_hub.url + "/next")
+        assert (response.code, body) == (200, b"ok")
+    finally:
+        gate.set()
+        await client.close()
+    with pytest.raises(ResponseFailed):
+        await quitter
