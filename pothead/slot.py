@@ -170,16 +170,18 @@ class Slot(Protocol):
         elif never_started and job.idempotent and job.lost_workers < RETRIES_ON_LOST_WORKER:
             job.lost_workers += 1
             _log.info(
-                "worker {worker} lost before answering {request}; requeued",
+                "worker {worker} lost before answering {request} from {peer}; requeued",
                 worker=self.worker,
                 request=job.what,
+                peer=job.peer,
             )
             job.requeue()
         else:
             _log.warn(
-                "worker {worker} failed {request}: {why}; answering 502",
+                "worker {worker} failed {request} from {peer}: {why}; answering 502",
                 worker=self.worker,
                 request=job.what,
+                peer=job.peer,
                 why=_describe(reason),
             )
             job.answer(502, "The worker failed to answer this request.")
