@@ -184,17 +184,32 @@ class JobResource(Resource):
         return NOT_DONE_YET
 
 
-def consumer_site(pool: Pool, clock: IReactorTime, limits: Limits) -> Site:
+#: ``--access-log`` value that turns the access log off.
+NO_ACCESS_LOG = "none"
+
+
+def consumer_site(
+    pool: Pool, clock: IReactorTime, limits: Limits, access_log: str | None = None
+) -> Site:
     """
     The Site consumers talk to.
 
     :param pool: where their requests are queued.
     :param clock: the hub's clock, for queue times and timeouts.
     :param limits: what consumers may send, and how long they may wait.
+    :param access_log: where the access log goes (combined log format):
+        L{None} for the twistd log, a path for a file of its own (cheaper
+        per request, rotated by size like twistd's), or C{"none"}.
     """
+    log_path = None if access_log in (None, NO_ACCESS_LOG) else access_log
     site = Site(
-        JobResource(pool, clock, limits), requestFactory=ConsumerRequest, reactor=clock
+        JobResource(pool, clock, limits),
+        requestFactory=ConsumerRequest,
+        reactor=clock,
+        logPath=log_path,
     )
+    if access_log == NO_ACCESS_LOG:
+        site.log = _ignore
     site.displayTracebacks = False
     site.protocol = partial(ConsumerChannel, limits)
     return site

@@ -34,10 +34,15 @@ class Hub:
     """
 
     def __init__(
-        self, clock: IReactorTime, token: str | None = None, limits: Limits | None = None
+        self,
+        clock: IReactorTime,
+        token: str | None = None,
+        limits: Limits | None = None,
+        access_log: str | None = None,
     ) -> None:
         self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL)}
         self.limits = limits or Limits()
+        self.access_log = access_log
         self._clock = clock
         self._token_check = TokenCheck(token)
 
@@ -45,7 +50,9 @@ class Hub:
         """
         A Site for a consumer listener: requests go to the default pool.
         """
-        return consumer_site(self.pools[DEFAULT_POOL], self._clock, self.limits)
+        return consumer_site(
+            self.pools[DEFAULT_POOL], self._clock, self.limits, self.access_log
+        )
 
     def worker_factory(self) -> WorkerPortFactory:
         """

@@ -44,6 +44,9 @@ class Options(usage.Options):
         ["token-file", None, None,
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
+        ["access-log", None, None,
+         "File for the access log in combined log format, or 'none' "
+         "(default: the twistd log)."],
     ] + [
         [option, None, default, help, kind]
         for option, default, help, kind in [
@@ -104,7 +107,9 @@ def makeService(config: Options) -> HubService:
     """
     from twisted.internet import reactor
 
-    service = HubService(Hub(reactor, token=config["token"], limits=config["limits"]))
+    service = HubService(
+        Hub(reactor, token=config["token"], limits=config["limits"], access_log=config["access-log"])
+    )
     for endpoint in config["consumer"]:
         strports.service(endpoint, service.hub.consumer_site()).setServiceParent(service.consumers)
     for endpoint in config["worker"]:
