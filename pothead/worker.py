@@ -20,10 +20,10 @@ from twisted.internet.endpoints import clientFromString
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
-from twisted.web.wsgi import WSGIResource
 
 from pothead.environ import WSGIApp, behind_hub
 from pothead.exit import exit_cleanly
+from pothead.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker_attach import AttachFactory, WorkerChannel
 
 #: Seconds the hub has to answer an attach request.
@@ -99,12 +99,16 @@ class WorkerService(MultiService):
 
 def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:
     """
-    The Site every slot serves after attaching: the app, behind the hub.
+    The Site every slot serves after attaching: the app, behind the hub,
+    its response read only as fast as the hub takes it.
 
     Slots never time out for idleness: an idle slot is a worker waiting
     for work, which is its normal state.
     """
-    site = Site(WSGIResource(reactor, pool, behind_hub(app)), timeout=None)
+    site = Site(
+        FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app))),
+        timeout=None,
+    )
     site.protocol = WorkerChannel
     return site
 

@@ -1,0 +1,142 @@
+"""
+Backpressure for WSGI responses on the worker.
+
+``twisted.web.wsgi`` writes every chunk an app yields straight to the
+connection, without ever asking whether it keeps up; a large response to
+a slow consumer then piles up in the worker's memory.  Here the app's
+iterable is consumed only as fast as the connection drains: once the
+connection's buffer is full, the WSGI thread waits for it to empty before
+it takes the next chunk from the app.
+
+This module touches Twisted's private ``_WSGIResponse`` (to give the app's
+thread a handle on its request); ``tests/test_flow.py`` pins it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable, Iterator
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.threads import blockingCallFromThread
+from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.wsgi import WSGIResource, _WSGIResponse
+from zope.interface import implementer
+
+#: The environ key under which a response's gate reaches the middleware.
+GATE_KEY = "pothead.write_gate"
+
+#: Bytes a response may write before it is flow-controlled at all: small
+#: answers, the common case, cost no extra reactor round trip.
+UNGATED_BYTES = 256 * 1024
+
+
+@implementer(IPushProducer)
+class WriteGate:
+    """
+    Registered as the producer of one response, so that it hears when the
+    connection is full, and lets the WSGI thread wait for it to drain.
+
+    ``paused`` is set in the reactor thread and read in the WSGI thread;
+    a stale read costs at most one chunk more or one wait less.
+    """
+
+    def __init__(self, reactor: Any, request: Request) -> None:
+        self._reactor = reactor
+        self._request = request
+        self.paused = False
+        self._stopped = False
+        self._resumed: Deferred[None] | None = None
+        self._registered = False
+
+    # IPushProducer, called in the reactor thread.
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        self._open()
+
+    def stopProducing(self) -> None:
+        self._stopped = True
+        self.paused = False
+        self._open()
+
+    def _open(self) -> None:
+        if self._resumed is not None:
+            resumed, self._resumed = self._resumed, None
+            resumed.callback(None)
+
+    # Called in the reactor thread on behalf of the WSGI thread.
+
+    def _register(self) -> None:
+        if not self._registered and not self._request.finished and not self._stopped:
+            self._request.registerProducer(self, True)
+            self._registered = True
+            self.paused = getattr(self._request.channel, "_waitingForTransport", False)
+
+    def _unregister(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._request.unregisterProducer()
+
+    def _until_open(self) -> Deferred[None]:
+        if not self.paused or self._stopped:
+            return succeed(None)
+        self._resumed = Deferred()
+        return self._resumed
+
+    # Called in the WSGI thread.
+
+    def iterate(self, chunks: Iterable[bytes]) -> Iterator[bytes]:
+        """
+        Yield the app's chunks, waiting while the connection is full.
+        """
+        written = 0
+        try:
+            for chunk in chunks:
+                yield chunk
+                written += len(chunk)
+                if written > UNGATED_BYTES and not self._registered:
+                    blockingCallFromThread(self._reactor, self._register)
+                if self.paused:
+                    blockingCallFromThread(self._reactor, self._until_open)
+        finally:
+            close = getattr(chunks, "close", None)
+            try:
+                if close is not None:
+                    close()
+            finally:
+                if self._registered:
+                    blockingCallFromThread(self._reactor, self._unregister)
+
+
+class FlowControlledWSGIResource(WSGIResource):
+    """
+    A L{WSGIResource} whose apps are given a L{WriteGate} in their environ,
+    for L{flow_controlled} to use.
+    """
+
+    def render(self, request: Request) -> int:
+        response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
+        response.environ[GATE_KEY] = WriteGate(self._reactor, request)
+        response.start()
+        return NOT_DONE_YET
+
+
+def flow_controlled(app):
+    """
+    Wrap a WSGI app so that its response is read only as fast as the
+    connection drains.  The gate is taken out of the environ first: the app
+    sees the environ it would see anywhere else.
+    """
+
+    def gated(environ: dict, start_response) -> Iterable[bytes]:
+        gate = environ.pop(GATE_KEY, None)
+        chunks = app(environ, start_response)
+        if gate is None:
+            return chunks
+        return gate.iterate(chunks)
+
+    return gated
