@@ -25,6 +25,7 @@ _LIMIT_OPTIONS = {
     "body-timeout": "body_timeout",
     "attach-timeout": "attach_timeout",
     "retry-after": "retry_after",
+    "retries": "retries",
     "stop-timeout": "stop_timeout",
 }
 
@@ -67,6 +68,9 @@ class Options(usage.Options):
              "Seconds a worker connection has to finish attaching.", float),
             ("retry-after", DEFAULTS.retry_after,
              "Seconds to suggest in Retry-After with every 503.", int),
+            ("retries", DEFAULTS.retries,
+             "Times an idempotent request is given to another worker when its "
+             "worker vanished before answering.", int),
             ("stop-timeout", DEFAULTS.stop_timeout,
              "Seconds queued and in-flight jobs get to finish when the hub stops.", float),
         ]
@@ -92,7 +96,9 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["consumer"] = self["consumer"] or ["tcp:8080"]
         self["worker"] = self["worker"] or ["tcp:4040"]
-        require_positive(self, *_LIMIT_OPTIONS)
+        require_positive(self, *(name for name in _LIMIT_OPTIONS if name != "retries"))
+        if self["retries"] < 0:
+            raise usage.UsageError(f"--retries must be 0 or more, not {self['retries']}")
         self["limits"] = Limits(**{field: self[option] for option, field in _LIMIT_OPTIONS.items()})
         try:
             self["token"] = load_token(self["token-file"])

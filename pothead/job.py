@@ -61,7 +61,7 @@ class Job:
         self.request = request
         self.pool = pool
         self._clock = clock
-        self._limits = limits
+        self.limits = limits
         self.arrived = clock.seconds()
         self._queue_timer: IDelayedCall | None = None
         self._request_timer: IDelayedCall | None = clock.callLater(
@@ -122,8 +122,8 @@ class Job:
         """
         Join the end of the pool's queue, or answer 503 if it is full.
         """
-        if self.pool.queued >= self._limits.max_queue:
-            self.unavailable(f"queue full ({self._limits.max_queue} waiting)")
+        if self.pool.queued >= self.limits.max_queue:
+            self.unavailable(f"queue full ({self.limits.max_queue} waiting)")
             return
         self._wait_in_line()
         self.pool.put(self)
@@ -146,16 +146,16 @@ class Job:
 
     def _wait_in_line(self) -> None:
         self._queue_timer = self._clock.callLater(
-            self._limits.queue_timeout, self._queue_expired
+            self.limits.queue_timeout, self._queue_expired
         )
 
     def _queue_expired(self) -> None:
         self.pool.discard(self)
-        self.unavailable(f"waited {self._limits.queue_timeout:g}s for a worker")
+        self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker")
 
     def _request_expired(self) -> None:
         self._request_timer = None
-        why = f"no response within {self._limits.request_timeout:g}s"
+        why = f"no response within {self.limits.request_timeout:g}s"
         _log.warn(
             "{request} from {peer}: 504, {why}", request=self.what, peer=self.peer, why=why,
         )
@@ -177,7 +177,7 @@ class Job:
         self.answer(
             503,
             "No worker is available; try again later.",
-            ((b"Retry-After", b"%d" % (self._limits.retry_after,)),),
+            ((b"Retry-After", b"%d" % (self.limits.retry_after,)),),
         )
 
     def _settle(self) -> None:

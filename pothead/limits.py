@@ -33,6 +33,8 @@ class Limits:
         from the end of its head; then 408.
     :ivar attach_timeout: seconds a worker-port connection has to attach.
     :ivar retry_after: the ``Retry-After`` seconds sent with every 503.
+    :ivar retries: how often a job whose worker vanished before answering
+        is handed to another worker (idempotent methods only).
     :ivar stop_timeout: seconds queued and in-flight jobs get to finish
         when the hub stops.
     """
@@ -46,4 +48,5 @@ class Limits:
     body_timeout: float = 5 * MINUTE
     attach_timeout: float = 10 * SECOND
     retry_after: int = 5
+    retries: int = 1
     stop_timeout: float = 30 * SECOND

@@ -27,10 +27,6 @@ from pothead.client import (
 from pothead.job import Discard, Job
 from pothead.pool import Pool
 
-#: How many times a job is handed back after its worker vanished before
-#: answering.  Only idempotent methods are ever retried this way.
-RETRIES_ON_LOST_WORKER = 1
-
 #: How many requeue signals one job may collect before the hub answers 503
 #: itself: a bound against a pool in which every worker keeps refusing.
 MAX_REQUEUE_SIGNALS = 20
@@ -167,7 +163,7 @@ class Slot(Protocol):
         never_started = reason.check(ResponseNeverReceived, RequestTransmissionFailed)
         if job.gone or job.request.finished:
             pass
-        elif never_started and job.idempotent and job.lost_workers < RETRIES_ON_LOST_WORKER:
+        elif never_started and job.idempotent and job.lost_workers < job.limits.retries:
             job.lost_workers += 1
             _log.info(
                 "worker {worker} lost before answering {request} from {peer}; requeued",

@@ -266,3 +266,27 @@ async def test_consumer_gone_while_served_drops_that_slot(running_hub):
         await client.close()
     with pytest.raises(ResponseFailed):
         await quitter
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_zero_answers_502_for_get():
+    """
+    With --retries 0 even a GET whose worker vanished gets 502 at once.
+    """
+    from pothead.limits import Limits
+    from tests.conftest import start_hub
+
+    running = await start_hub(limits=Limits(retries=0))
+    try:
+        await scripted_worker(running, lambda transport: transport.abortConnection())
+        calls: list = []
+        await running.add_worker(counting_app(calls))
+        client = Client()
+        try:
+            response, _ = await client.request("GET", running.url + "/x")
+        finally:
+            await client.close()
+        assert response.code == 502
+        assert calls == []
+    finally:
+        await running.stop()

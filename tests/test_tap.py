@@ -47,6 +47,7 @@ def test_hub_defaults(monkeypatch):
         "body-timeout": 300.0,
         "attach-timeout": 10.0,
         "retry-after": 5,
+        "retries": 1,
         "stop-timeout": 30.0,
         "limits": Limits(),
     }
@@ -67,6 +68,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "--max-body-size", "100", "--max-header-size", "1000",
         "--header-timeout", "2", "--body-timeout", "3",
         "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
+        "--retries", "0",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
@@ -82,11 +84,12 @@ def test_hub_options(tmp_path, monkeypatch):
         "body-timeout": 3.0,
         "attach-timeout": 2.5,
         "retry-after": 11,
+        "retries": 0,
         "stop-timeout": 4.0,
         "limits": Limits(
             max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
             max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0,
-            attach_timeout=2.5, retry_after=11, stop_timeout=4.0,
+            attach_timeout=2.5, retry_after=11, retries=0, stop_timeout=4.0,
         ),
     }
 
@@ -106,6 +109,7 @@ def test_hub_token_from_environment(monkeypatch):
         (["--max-header-size", "-1"], "max-header-size"),
         (["--max-queue", "0"], "max-queue"),
         (["--queue-timeout", "-2"], "queue-timeout"),
+        (["--retries", "-1"], "retries"),
         (["--token-file", "/nonexistent/token"], "cannot read token file"),
     ],
 )
