@@ -1,5 +1,6 @@
 """
-Backpressure for WSGI responses on the worker.
+Backpressure for WSGI responses on the worker (and the hook that tells a
+slot's admission ticket a request arrived).
 
 ``twisted.web.wsgi`` writes every chunk an app yields straight to the
 connection, without ever asking whether it keeps up; a large response to
@@ -25,6 +26,9 @@ from zope.interface import implementer
 
 #: The environ key under which a response's gate reaches the middleware.
 GATE_KEY = "pothead.write_gate"
+
+#: The environ key under which the slot's admission ticket reaches it.
+TICKET_KEY = "pothead.ticket"
 
 #: Bytes a response may write before it is flow-controlled at all: small
 #: answers, the common case, cost no extra reactor round trip.
@@ -121,6 +125,7 @@ class FlowControlledWSGIResource(WSGIResource):
     def render(self, request: Request) -> int:
         response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
         response.environ[GATE_KEY] = WriteGate(self._reactor, request)
+        response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
         response.start()
         return NOT_DONE_YET
 
@@ -128,12 +133,16 @@ class FlowControlledWSGIResource(WSGIResource):
 def flow_controlled(app):
     """
     Wrap a WSGI app so that its response is read only as fast as the
-    connection drains.  The gate is taken out of the environ first: the app
-    sees the environ it would see anywhere else.
+    connection drains, and tell the slot's admission ticket that a request
+    arrived.  Both are taken out of the environ first: the app sees the
+    environ it would see anywhere else.
     """
 
     def gated(environ: dict, start_response) -> Iterable[bytes]:
         gate = environ.pop(GATE_KEY, None)
+        ticket = environ.pop(TICKET_KEY, None)
+        if ticket is not None:
+            ticket.request_received(environ)
         chunks = app(environ, start_response)
         if gate is None:
             return chunks

@@ -14,7 +14,7 @@ from twisted.web.server import Site
 from pothead.attach import DEFAULT_POOL
 from pothead.consumer import consumer_site
 from pothead.exit import exit_cleanly
-from pothead.hub_attach import WorkerPortFactory
+from pothead.hub_attach import LegacyWorkerFactory, WorkerPortFactory
 from pothead.limits import Limits
 from pothead.pool import Pool
 from pothead.tokens import TokenCheck
@@ -53,6 +53,12 @@ class Hub:
         return consumer_site(
             self.pools[DEFAULT_POOL], self._clock, self.limits, self.access_log
         )
+
+    def legacy_worker_factory(self) -> LegacyWorkerFactory:
+        """
+        A factory for a legacy-worker listener (no attach, no token).
+        """
+        return LegacyWorkerFactory(self.pools[DEFAULT_POOL])
 
     def worker_factory(self) -> WorkerPortFactory:
         """

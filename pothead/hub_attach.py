@@ -22,7 +22,7 @@ from pothead.attach import (
     header_tokens,
 )
 from pothead.pool import Pool
-from pothead.slot import Slot
+from pothead.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
 
 _log = Logger()
@@ -203,3 +203,18 @@ class WorkerPortFactory(Factory):
         return AttachServer(
             self._pools, self._token_check, self._attach_timeout, self._clock, Slot
         )
+
+
+class LegacyWorkerFactory(Factory):
+    """
+    A listener for workers that do not attach: every connection is a slot
+    of the default pool at once, with no handshake and so no token.
+    """
+
+    def __init__(self, pool: Pool) -> None:
+        self._pool = pool
+
+    def buildProtocol(self, addr) -> LegacySlot:
+        name = f"legacy@{_address(addr)}"
+        _log.info("legacy worker {worker} connected to pool {pool}", worker=name, pool=self._pool.name)
+        return LegacySlot(self._pool, name)

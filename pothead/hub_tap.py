@@ -76,10 +76,17 @@ class Options(usage.Options):
         ]
     ]
 
+    optFlags = [
+        ["allow-legacy-without-token", None,
+         "Allow --legacy-worker while a token is required: legacy workers "
+         "cannot present one, so that port is open to anyone who reaches it."],
+    ]
+
     def __init__(self) -> None:
         super().__init__()
         self["consumer"] = []
         self["worker"] = []
+        self["legacy-worker"] = []
 
     def opt_consumer(self, endpoint: str) -> None:
         """
@@ -93,6 +100,13 @@ class Options(usage.Options):
         """
         self["worker"].append(endpoint)
 
+    def opt_legacy_worker(self, endpoint: str) -> None:
+        """
+        Endpoint for workers that do not attach, such as POTHEAD 0.4.3
+        workers (repeatable; off by default; unauthenticated).
+        """
+        self["legacy-worker"].append(endpoint)
+
     def postOptions(self) -> None:
         self["consumer"] = self["consumer"] or ["tcp:8080"]
         self["worker"] = self["worker"] or ["tcp:4040"]
@@ -104,6 +118,11 @@ class Options(usage.Options):
             self["token"] = load_token(self["token-file"])
         except TokenError as e:
             raise usage.UsageError(str(e)) from None
+        if self["legacy-worker"] and self["token"] and not self["allow-legacy-without-token"]:
+            raise usage.UsageError(
+                "--legacy-worker cannot check the token the hub requires; add "
+                "--allow-legacy-without-token to open that port anyway"
+            )
 
 
 def makeService(config: Options) -> HubService:
@@ -120,4 +139,7 @@ def makeService(config: Options) -> HubService:
         strports.service(endpoint, service.hub.consumer_site()).setServiceParent(service.consumers)
     for endpoint in config["worker"]:
         strports.service(endpoint, service.hub.worker_factory()).setServiceParent(service.workers)
+    for endpoint in config["legacy-worker"]:
+        factory = service.hub.legacy_worker_factory()
+        strports.service(endpoint, factory).setServiceParent(service.workers)
     return service

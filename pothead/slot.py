@@ -51,6 +51,10 @@ class Slot(Protocol):
     :ivar job: the job being served, or L{None} while idle.
     """
 
+    #: Whether the connection serves one request only, as a legacy worker's
+    #: (POTHEAD 0.4.3) does, whatever its response says.
+    single_use = False
+
     def __init__(self, pool: Pool, worker: str) -> None:
         self.pool = pool
         self.worker = worker
@@ -133,7 +137,7 @@ class Slot(Protocol):
     def _quiescent(self, client: HTTP11ClientProtocol) -> None:
         # Twisted calls this before the body protocol learns the response
         # is done; the next request is sent from _finished, after that.
-        if wants_close(client):
+        if self.single_use or wants_close(client):
             client.transport.loseConnection()
         else:
             self._reusable = True
@@ -205,3 +209,13 @@ def _describe(reason: Failure) -> str:
     if inner:
         return "; ".join(_describe(r) for r in inner)
     return f"{reason.type.__name__}: {reason.getErrorMessage()}"
+
+
+class LegacySlot(Slot):
+    """
+    A slot from a worker that does not attach (a POTHEAD 0.4.3 worker, or
+    any HTTP server that connects out and waits): it serves one request,
+    then closes and connects again.
+    """
+
+    single_use = True

@@ -21,6 +21,7 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
 
+from pothead.admission import FixedAdmission, IAdmission
 from pothead.environ import WSGIApp, behind_hub
 from pothead.exit import exit_cleanly
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
@@ -63,8 +64,9 @@ class WorkerService(MultiService):
     the hub sends to a slot while it detaches is handed back, unprocessed.
     """
 
-    def __init__(self, reactor, drain_timeout: float) -> None:
+    def __init__(self, reactor, drain_timeout: float, admission: IAdmission) -> None:
         super().__init__()
+        self.admission = admission
         self.factories: list[AttachFactory] = []
         self._reactor = reactor
         self._drain_timeout = drain_timeout
@@ -84,6 +86,7 @@ class WorkerService(MultiService):
             )
 
     async def _stop(self) -> None:
+        self.admission.stop()
         try:
             await self._drain()
         except Exception:
@@ -129,6 +132,7 @@ def worker_service(
     pool: str = "default",
     attach_timeout: float = DEFAULT_ATTACH_TIMEOUT,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
+    admission: IAdmission | None = None,
 ) -> WorkerService:
     """
     A worker with C{slots} slots attached to the hub at C{hub}.
@@ -141,15 +145,17 @@ def worker_service(
     :param pool: the pool to join.
     :param attach_timeout: seconds the hub has to answer an attach.
     :param drain_timeout: seconds in-flight requests get when stopping.
+    :param admission: decides when each slot may attach (default: at once).
     """
-    service = WorkerService(reactor, drain_timeout)
+    admission = admission or FixedAdmission()
+    service = WorkerService(reactor, drain_timeout, admission)
     threads = ThreadPool(minthreads=slots, maxthreads=slots, name="pothead-wsgi")
     ThreadPoolService(threads).setServiceParent(service)
     site = worker_site(reactor, threads, app)
     endpoint = clientFromString(reactor, hub)
     for index in range(slots):
         factory = AttachFactory(
-            site, pool, token, slot_name(index), attach_timeout, reactor
+            site, pool, token, slot_name(index), attach_timeout, reactor, admission
         )
         service.factories.append(factory)
         ClientService(
@@ -157,6 +163,13 @@ def worker_service(
             factory,
             retryPolicy=factory.retry_delay,
             clock=reactor,
-            prepareConnection=lambda client: client.attach(),
+            prepareConnection=lambda client: client.prepare(),
         ).setServiceParent(service)
     return service
+
+
+if __name__ == "__main__":
+    # ``python3 -m pothead.worker``: POTHEAD 0.4.3's worker command line.
+    from pothead.compat import worker_main
+
+    worker_main()

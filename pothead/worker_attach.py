@@ -16,6 +16,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
+from pothead.admission import FixedAdmission, IAdmission
 from pothead.attach import (
     DETACH_NOTICE,
     UPGRADE_TOKENS,
@@ -74,12 +75,43 @@ class AttachClient(HeadReceiver):
         self._detached = False
         self._closed: list[Deferred[None]] = []
         self.connected_now = False
+        self._prepared: Deferred[None] | None = None
+        self._admitting: Deferred | None = None
+        self._ticket = None
 
     def connectionMade(self) -> None:
         # The handshake timeout starts with attach(), not with the connect.
         self.connected_now = True
         self.factory.clients.add(self)
         keep_alive(self.transport)
+
+    def prepare(self) -> Deferred[None]:
+        """
+        Get this slot ready, as L{ClientService}'s C{prepareConnection}:
+        wait for the worker's admission, then attach.
+
+        :return: fires when the slot serves HTTP or the attempt is over; it
+            never fails (see L{attach}), and it fires at the latest when the
+            connection is lost, before ClientService hears of the loss.
+        """
+        self._prepared = Deferred()
+        self._admitting = self.factory.admission.admit()
+        self._admitting.addCallbacks(self._admitted, lambda failure: None)
+        return self._prepared
+
+    def _admitted(self, ticket) -> None:
+        self._admitting = None
+        self._ticket = ticket
+        if not self.connected_now or self._draining:
+            self._ready()
+            self.transport.loseConnection()
+            return
+        self.attach().addBoth(lambda _: self._ready())
+
+    def _ready(self) -> None:
+        if self._prepared is not None:
+            prepared, self._prepared = self._prepared, None
+            prepared.callback(None)
 
     def attach(self) -> Deferred[None]:
         """
@@ -108,10 +140,15 @@ class AttachClient(HeadReceiver):
             return
         self.factory.refusals = 0
         if self._draining:
-            self.transport.loseConnection()
+            # The hub counts this slot as attached already and may have sent
+            # it a job: answer that with the detach notice, never a reset.
+            self._detach()
+            attached, self._attached = self._attached, None
+            attached.callback(None)
             return
         self._channel = self._site.buildProtocol(self.transport.getPeer())
         self._channel.on_idle = self._channel_idle
+        self._channel.ticket = self._ticket
         self.switch_to(self._channel)
         attached, self._attached = self._attached, None
         attached.callback(None)
@@ -129,13 +166,18 @@ class AttachClient(HeadReceiver):
         self._closed.append(closed)
         self._draining = True
         if self._channel is None:
-            self.transport.loseConnection()
+            if self._attached is None:
+                # Not attached, nor attaching: the hub sends this slot nothing.
+                self.transport.loseConnection()
+            # Otherwise the hub's answer to the attach decides; see
+            # head_received.
         elif not self._channel.requests:
             self._detach()
         return closed
 
     def _channel_idle(self) -> None:
-        if self._draining:
+        # A gated slot serves one job per admission.
+        if self._draining or self.factory.admission.per_job:
             self._detach()
 
     def _detach(self) -> None:
@@ -163,6 +205,12 @@ class AttachClient(HeadReceiver):
         self.connected_now = False
         self.factory.clients.discard(self)
         self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
+        if self._admitting is not None:
+            self._admitting.cancel()
+        if self._ticket is not None:
+            ticket, self._ticket = self._ticket, None
+            ticket.done()
+        self._ready()
         super().connectionLost(reason)
         closed, self._closed = self._closed, []
         for d in closed:
@@ -205,11 +253,14 @@ class AttachFactory(Factory):
     :ivar clients: the slot's connections that are open now.
     :ivar draining: once set, new connections are refused, so a draining
         worker does not reattach.
+    :ivar admission: decides when the slot may attach.
     """
 
     def __init__(self, site: Site, pool: str, token: str | None, name: str,
-                 timeout: float, clock: IReactorTime) -> None:
+                 timeout: float, clock: IReactorTime,
+                 admission: IAdmission | None = None) -> None:
         self._args = (site, pool, token, name, timeout, clock)
+        self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
         self.draining = False
         self.refusals = 0

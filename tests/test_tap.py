@@ -35,6 +35,8 @@ def test_hub_defaults(monkeypatch):
     assert parse(hub_tap.Options) == {
         "consumer": ["tcp:8080"],
         "worker": ["tcp:4040"],
+        "legacy-worker": [],
+        "allow-legacy-without-token": 0,
         "token-file": None,
         "token": None,
         "access-log": None,
@@ -64,6 +66,7 @@ def test_hub_options(tmp_path, monkeypatch):
         hub_tap.Options,
         "--consumer", "tcp:1", "--consumer", "unix:/tmp/c.sock",
         "--worker", "tcp:2", "--token-file", str(token), "--access-log", "none",
+        "--legacy-worker", "tcp:3", "--allow-legacy-without-token",
         "--max-queue", "7", "--queue-timeout", "1.5", "--request-timeout", "9",
         "--max-body-size", "100", "--max-header-size", "1000",
         "--header-timeout", "2", "--body-timeout", "3",
@@ -72,6 +75,8 @@ def test_hub_options(tmp_path, monkeypatch):
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
+        "legacy-worker": ["tcp:3"],
+        "allow-legacy-without-token": 1,
         "token-file": str(token),
         "token": "from-file",
         "access-log": "none",
@@ -111,12 +116,15 @@ def test_hub_token_from_environment(monkeypatch):
         (["--queue-timeout", "-2"], "queue-timeout"),
         (["--retries", "-1"], "retries"),
         (["--token-file", "/nonexistent/token"], "cannot read token file"),
+        (["--legacy-worker", "tcp:3"], "allow-legacy-without-token"),
     ],
 )
-def test_hub_bad_options(argv, message):
+def test_hub_bad_options(argv, message, monkeypatch):
     """
-    Bad values are usage errors that say what is wrong.
+    Bad values are usage errors that say what is wrong; legacy workers
+    are refused while a token is required, unless explicitly allowed.
     """
+    monkeypatch.setenv("POTHEAD_TOKEN", "secret")
     with pytest.raises(usage.UsageError, match=message):
         hub_tap.Options().parseOptions(argv)
 
