@@ -11,6 +11,7 @@ import sys
 from twisted.application.service import MultiService
 from twisted.python import usage
 
+from pothead.admission import CpuAdmission, PollAdmission, parse_admission
 from pothead.attach import DEFAULT_POOL
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
@@ -67,8 +68,12 @@ class Options(usage.Options):
         ["app-dir", None, ".",
          "Directory to import the application from (default: the current one)."],
         ["hub", None, "tcp:127.0.0.1:4040", "Client endpoint of the hub's worker port."],
-        ["slots", None, 1, "Requests served at once: one attached connection each.",
-         int],
+        ["slots", None, None,
+         "Requests served at once: one attached connection each (default 1; "
+         "with --poll-jobs, the most at once, default twice the CPUs).", int],
+        ["admission", None, None,
+         "Gate slots on idle CPU: cpu:REQUIRED[,max=N] attaches one more slot "
+         "only while REQUIRED CPUs are idle (one job always runs)."],
         ["pool", None, DEFAULT_POOL, "The pool to join on the hub."],
         ["token-file", None, None,
          "File whose first line is the hub's token (default: $POTHEAD_TOKEN)."],
@@ -78,11 +83,30 @@ class Options(usage.Options):
          "Seconds in-flight requests get to finish on stop (SIGTERM).", float],
     ]
 
+    optFlags = [
+        ["poll-jobs", None,
+         "Let the app's wait_for_slot(halt) decide when a slot attaches, as "
+         "POTHEAD 0.4.3's --poll-jobs."],
+    ]
+
     def postOptions(self) -> None:
         if self["app"] is None:
             raise usage.UsageError("--app module:app is required")
+        if self["poll-jobs"] and self["admission"]:
+            raise usage.UsageError("--poll-jobs and --admission exclude each other")
+        if self["admission"]:
+            try:
+                self["cpu-gate"] = parse_admission(self["admission"])
+            except ValueError as e:
+                raise usage.UsageError(str(e)) from None
+        if self["slots"] is None:
+            self["slots"] = 2 * (os.cpu_count() or 1) if self["poll-jobs"] else 1
         require_positive(self, "slots", "attach-timeout", "drain-timeout")
         self["wsgi"] = load_app(self["app"], self["app-dir"])
+        if self["poll-jobs"] and not callable(getattr(self["wsgi"], "wait_for_slot", None)):
+            raise usage.UsageError(
+                f"--poll-jobs needs {self['app']}.wait_for_slot(halt), which it lacks"
+            )
         try:
             self["token"] = load_token(self["token-file"])
         except TokenError as e:
@@ -95,11 +119,19 @@ def makeService(config: Options) -> MultiService:
     """
     from twisted.internet import reactor
 
+    slots, admission = config["slots"], None
+    if config["poll-jobs"]:
+        admission = PollAdmission(config["wsgi"].wait_for_slot, reactor, reactor.getThreadPool())
+    elif config.get("cpu-gate"):
+        required, most = config["cpu-gate"]
+        admission = CpuAdmission(required, reactor, max_slots=most)
+        slots = admission.max_slots
     return worker_service(
         reactor,
         config["wsgi"],
         hub=config["hub"],
-        slots=config["slots"],
+        slots=slots,
+        admission=admission,
         token=config["token"],
         pool=config["pool"],
         attach_timeout=config["attach-timeout"],

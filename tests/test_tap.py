@@ -140,6 +140,8 @@ def test_worker_options(monkeypatch):
         "wsgi": demo_app,
         "hub": "tcp:127.0.0.1:4040",
         "slots": 3,
+        "admission": None,
+        "poll-jobs": 0,
         "pool": "default",
         "token-file": None,
         "token": None,
