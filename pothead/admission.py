@@ -198,12 +198,16 @@ class CpuAdmission:
         self._interval = interval
 
     def admit(self) -> Deferred:
-        waiting: Deferred = Deferred(lambda d: self._waiting.remove(d))
+        waiting: Deferred = Deferred(self._leave)
         self._waiting.append(waiting)
         self._check()
         if self._waiting and not self._poll.running:
             self._poll.start(self._interval, now=False)
         return waiting
+
+    def _leave(self, waiting: Deferred) -> None:
+        if waiting in self._waiting:
+            self._waiting.remove(waiting)
 
     def stop(self) -> None:
         if self._poll.running:
@@ -295,7 +299,10 @@ def parse_admission(spec: str) -> tuple[float, int | None]:
     if kind != "cpu" or not rest:
         raise ValueError(f"--admission takes cpu:REQUIRED[,max=N], not {spec!r}")
     required_text, *options = rest.split(",")
-    required = float(required_text)
+    try:
+        required = float(required_text)
+    except ValueError:
+        raise ValueError(f"--admission takes cpu:REQUIRED[,max=N], not {spec!r}") from None
     if not required > 0:
         raise ValueError("cpu:REQUIRED must be above 0")
     max_slots = None
