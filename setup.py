@@ -12,7 +12,7 @@ setup(
     # find_packages() can see; listing it is the form Twisted's tap howto uses.
     packages=find_packages(exclude=["tests", "tests.*", "docs", "docs.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins"],
-    install_requires=["twisted>=23.10", "treq", "zope.interface", "psutil"],
+    install_requires=["twisted[tls]>=23.10", "treq", "zope.interface", "psutil"],
     extras_require={
         "test": ["pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff"],
     },
