@@ -117,3 +117,43 @@ def test_busy_port_is_a_startup_error(tmp_path, started):
     assert second.process.wait(30) != 0
     second.stop()
     assert "CannotListenError" in second.output or "Address already in use" in second.output
+
+
+def make_certificate(directory) -> None:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+         str(directory / "key.pem"), "-out", str(directory / "cert.pem"), "-days", "2",
+         "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+        check=True, capture_output=True, timeout=60,
+    )
+    (directory / "ca").mkdir()
+    (directory / "ca" / "cert.pem").write_bytes((directory / "cert.pem").read_bytes())
+
+
+def test_tls_worker_port(tmp_path, started):
+    """
+    Over TLS, a worker that trusts the hub's certificate attaches and
+    serves; one that does not trust it never attaches.
+    """
+    make_certificate(tmp_path)
+    hub = Twistd(
+        "pothead-hub", "--consumer", "tcp:0:interface=127.0.0.1",
+        "--worker", "ssl:0:interface=127.0.0.1:privateKey=key.pem:certKey=cert.pem",
+        cwd=tmp_path,
+    )
+    started.append(hub)
+    consumer = int(hub.wait_for(r"Site starting on (\d+)")[0].group(1))
+    worker_port = int(hub.wait_for(r"WorkerPortFactory \(TLS\) starting on (\d+)")[0].group(1))
+    distrustful = Twistd("pothead-worker", "--app", "pothead.demo:app",
+                         "--hub", f"tls:localhost:{worker_port}", cwd=tmp_path)
+    started.append(distrustful)
+    distrustful.wait_for(r"not attached")
+    started.append(Twistd("pothead-worker", "--app", "pothead.demo:app",
+                          "--hub", f"tls:localhost:{worker_port}:trustRoots=ca", cwd=tmp_path))
+    hub.wait_for(r"attached to pool default")
+    assert hub.output.count("attached to pool default") == 1
+    assert get(f"http://127.0.0.1:{consumer}/?width=8&height=2")[0] == 200
