@@ -205,6 +205,16 @@ class CpuAdmission:
             self._poll.start(self._interval, now=False)
         return waiting
 
+    def try_admit(self) -> _Ticket | None:
+        """
+        A ticket if a slot may attach now, else L{None}: the same decision
+        as L{admit}, without waiting (for blocking gates in a thread).
+        """
+        if self._waiting or not self._roomy():
+            return None
+        self.running += 1
+        return _Ticket(self._release)
+
     def _leave(self, waiting: Deferred) -> None:
         if waiting in self._waiting:
             self._waiting.remove(waiting)

@@ -145,8 +145,9 @@ def test_max_slots_bound():
     cpu.run(clock, 0.1, idle_cpus=8.0)
     assert [d.called for d in admitted] == [True, True, False]
     admission.stop()
-    with pytest.raises(CancelledError):
-        admitted[2].result.raiseException()
+    failures: list = []
+    admitted[2].addErrback(failures.append)
+    assert failures[0].check(CancelledError)
 
 
 def test_default_max_from_cpus_or_quota():
@@ -268,3 +269,21 @@ async def test_wait_for_slot_contract(running_hub):
     assert app.halt() is False
     admission.stop()
     assert app.halt() is True
+
+
+def test_gating_compat_lets_one_through_and_halts():
+    """
+    pothead.gating.wait_for_idle_cpus, as in POTHEAD 0.4.3: the first call
+    returns a ticket whose done() frees the slot; a call made while halted
+    returns at once.
+    """
+    from pothead.gating import wait_for_idle_cpus
+
+    wait_for_slot = wait_for_idle_cpus(1000, fixed_delay=0)
+    ticket = wait_for_slot(lambda: False)
+    assert ticket is not None
+    assert wait_for_slot(lambda: True) is None
+    ticket.done()
+    again = wait_for_slot(lambda: False)
+    assert again is not None
+    again.done()
