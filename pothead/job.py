@@ -46,8 +46,6 @@ class Job:
     """
     One consumer request waiting for, or being served by, a worker slot.
 
-    :ivar arrived: when the hub received the request, by the hub's clock.
-    :ivar attempts: how many times the job was sent to a worker.
     :ivar lost_workers: how many workers vanished before answering it.
     :ivar handed_back: how many times a worker answered it with the requeue
         signal.
@@ -62,12 +60,10 @@ class Job:
         self.pool = pool
         self._clock = clock
         self.limits = limits
-        self.arrived = clock.seconds()
         self._queue_timer: IDelayedCall | None = None
         self._request_timer: IDelayedCall | None = clock.callLater(
             limits.request_timeout, self._request_expired
         )
-        self.attempts = 0
         self.lost_workers = 0
         self.handed_back = 0
         self.slot: Slot | None = None
@@ -141,7 +137,6 @@ class Job:
         A slot has taken this job out of the queue to serve it.
         """
         self.slot = slot
-        self.attempts += 1
         _cancel(self._queue_timer)
 
     def _wait_in_line(self) -> None:
