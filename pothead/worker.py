@@ -17,6 +17,7 @@ from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 from twisted.web.server import Site
@@ -42,16 +43,20 @@ class ThreadPoolService(Service):
     ordering, not reactor events, decides when the app can be called.
     """
 
-    def __init__(self, pool: ThreadPool) -> None:
+    def __init__(self, pool: ThreadPool, reactor) -> None:
         self.pool = pool
+        self._reactor = reactor
 
     def startService(self) -> None:
         super().startService()
         self.pool.start()
 
-    def stopService(self) -> None:
+    def stopService(self) -> Deferred[None]:
         super().stopService()
-        self.pool.stop()
+        # Joining the threads blocks until every app call returns, and an
+        # app call still writing its response needs the reactor to do so:
+        # join from another thread, never from the reactor's.
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.pool.stop)
 
 
 class WorkerService(MultiService):
@@ -78,12 +83,16 @@ class WorkerService(MultiService):
             await drained
             exit_cleanly(self._reactor)
         except Exception:
-            busy = sum(len(factory.clients) for factory in self.factories)
+            left = [client for factory in self.factories for client in factory.clients]
             _log.warn(
                 "drain timed out after {timeout}s; cutting {busy} slots",
                 timeout=self._drain_timeout,
-                busy=busy,
+                busy=len(left),
             )
+            # The hub answers their consumers now (502, or another worker
+            # for a request never answered) rather than at its timeout.
+            for client in left:
+                client.transport.abortConnection()
 
     async def _stop(self) -> None:
         self.admission.stop()
@@ -150,7 +159,7 @@ def worker_service(
     admission = admission or FixedAdmission()
     service = WorkerService(reactor, drain_timeout, admission)
     threads = ThreadPool(minthreads=slots, maxthreads=slots, name="pothead-wsgi")
-    ThreadPoolService(threads).setServiceParent(service)
+    ThreadPoolService(threads, reactor).setServiceParent(service)
     site = worker_site(reactor, threads, app)
     endpoint = clientFromString(reactor, hub)
     for index in range(slots):

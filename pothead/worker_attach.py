@@ -41,10 +41,11 @@ class WorkerChannel(HTTPChannel):
 
     on_idle = staticmethod(lambda: None)
 
-    # The hub has already applied its own header limit (--max-header-size)
-    # to what consumers send; the worker must not refuse what the hub let
-    # through, as Twisted's 16 KiB default would.
+    # The hub has already applied its own header limits to what consumers
+    # send, and added headers of its own; the worker must not refuse what
+    # the hub let through, as Twisted's 16 KiB and 500-header defaults would.
     MAX_LENGTH = totalHeadersSize = 1024 * 1024
+    maxHeaders = 10_000
 
     def requestDone(self, request) -> None:
         super().requestDone(request)
@@ -190,7 +191,13 @@ class AttachClient(HeadReceiver):
             return
         self._detached = True
         self.transport.write(DETACH_NOTICE)
-        getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)()
+        # A TLS transport sends what it was given on the next reactor turn;
+        # half-close after that, or the close would overtake the notice.
+        self.callLater(0, self._half_close)
+
+    def _half_close(self) -> None:
+        if self.connected_now:
+            getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)()
 
     def rawDataReceived(self, data: bytes) -> None:
         if self._detached:

@@ -163,3 +163,31 @@ def test_hub_stop_finishes_work_in_hand(tmp_path, started):
         statuses = [future.result(timeout=20)[0] for future in pending]
     assert statuses == [200, 200, 200]
     assert len(invocations(log)) == 3
+
+
+def test_drain_timeout_cuts_and_exits(tmp_path, started):
+    """
+    A worker whose drain times out cuts the slot still busy (its consumer
+    gets 502 at once, not at the request timeout) and exits once the app's
+    call returns; it does not hang.
+    """
+    log = tmp_path / "calls"
+    hub, (consumer, worker_port) = start_hub(tmp_path)
+    started.append(hub)
+    worker = start_worker(tmp_path, worker_port, log, "--drain-timeout", "0.5")
+    started.append(worker)
+    hub.wait_for(r"attached to pool default")
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(get, f"http://127.0.0.1:{consumer}/slow?sleep=3", data=b"x")
+        wait_until(lambda: len(invocations(log)) == 1, what="the request to start")
+        stopped_at = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        status, _ = pending.result(timeout=20)
+        answered = time.monotonic() - stopped_at
+        worker.process.wait(20)
+        exited = time.monotonic() - stopped_at
+    print(f"drain timeout: consumer answered {status} after {answered:.2f}s, exit after {exited:.2f}s")
+    assert status == 502
+    assert answered < 3
+    assert worker.process.returncode != 0
+    worker.wait_for(r"drain timed out")
