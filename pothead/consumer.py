@@ -13,6 +13,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from pothead.address import host_port
 from pothead.attach import keep_alive
 from pothead.job import Job
 from pothead.limits import Limits
@@ -140,7 +141,7 @@ class ConsumerChannel(HTTPChannel):
         self._clear_deadline()
         _log.info(
             "refused a request from {peer}: {status} ({why})",
-            peer=self.transport.getPeer(),
+            peer=host_port(self.transport.getPeer()),
             status=_STATUS_LINES[code].decode(),
             why=why,
         )
@@ -176,7 +177,7 @@ class JobResource(Resource):
             # RFC 9112 section 3.2: a request with several Host headers is
             # answered 400; a worker must not have to guess which one counts.
             _log.info("refused a request from {peer}: 400 (several Host headers)",
-                      peer=request.getClientAddress())
+                      peer=host_port(request.getClientAddress()))
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", b"text/plain")
             return b"Bad Request: several Host headers\n"

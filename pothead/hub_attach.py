@@ -13,6 +13,7 @@ from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.web.http_headers import Headers
 
+from pothead.address import host_port
 from pothead.attach import (
     ATTACH_PATH,
     DEFAULT_POOL,
@@ -135,7 +136,7 @@ class AttachServer(HeadReceiver):
     def head_received(self, start_line: bytes, headers: Headers) -> None:
         peer = self.transport.getPeer()
         worker = headers.getRawHeaders(b"pothead-worker", [b""])[0].decode("utf-8", "replace")
-        name = f"{worker or 'unnamed'}@{_address(peer)}"
+        name = f"{worker or 'unnamed'}@{host_port(peer)}"
         try:
             pool, upgrade = check_attach(start_line, headers, self._pools, self._token_check)
         except AttachRefused as refusal:
@@ -157,7 +158,7 @@ class AttachServer(HeadReceiver):
     def head_failed(self, why: str) -> None:
         _log.warn(
             "dropped worker-port connection from {peer}: {why}",
-            peer=_address(self.transport.getPeer()),
+            peer=host_port(self.transport.getPeer()),
             why=why,
         )
         super().head_failed(why)
@@ -173,13 +174,6 @@ class AttachServer(HeadReceiver):
         ]
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + body)
         self.transport.loseConnection()
-
-
-def _address(peer) -> str:
-    host = getattr(peer, "host", None)
-    if host is None:
-        return str(getattr(peer, "name", None) or "unix")
-    return f"{host}:{peer.port}"
 
 
 class WorkerPortFactory(Factory):
@@ -215,6 +209,6 @@ class LegacyWorkerFactory(Factory):
         self._pool = pool
 
     def buildProtocol(self, addr) -> LegacySlot:
-        name = f"legacy@{_address(addr)}"
+        name = f"legacy@{host_port(addr)}"
         _log.info("legacy worker {worker} connected to pool {pool}", worker=name, pool=self._pool.name)
         return LegacySlot(self._pool, name)

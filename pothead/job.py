@@ -22,6 +22,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request as ConsumerRequest
 
+from pothead.address import host_port
 from pothead.body import BufferedBody, body_size
 from pothead.client import Request
 from pothead.headers import add_forwarded, end_to_end
@@ -93,7 +94,7 @@ class Job:
         headers = end_to_end(request.requestHeaders)
         host = request.requestHeaders.getRawHeaders(b"host")
         if not host:
-            headers.setRawHeaders(b"Host", [_address_text(request.getHost()).encode()])
+            headers.setRawHeaders(b"Host", [host_port(request.getHost(), unix="localhost").encode()])
         proto = b"https" if request.isSecure() else b"http"
         peer = request.getClientAddress()
         add_forwarded(
@@ -186,8 +187,7 @@ class Job:
     @property
     def peer(self) -> str:
         """The consumer's address, for log lines."""
-        address = self.request.getClientAddress()
-        return str(getattr(address, "host", address))
+        return host_port(self.request.getClientAddress())
 
     def _consumer_lost(self, reason: Failure) -> None:
         # Queued: leave the line, so no worker ever sees this request.
@@ -196,8 +196,14 @@ class Job:
         self.gone = True
         self._settle()
         if self.slot is None:
-            self.pool.discard(self)
+            if self.pool.discard(self):
+                _log.info("consumer {peer} left the queue: {request}", peer=self.peer,
+                          request=self.what)
         else:
+            _log.info(
+                "consumer {peer} went away during {request}; dropping worker {worker}'s slot",
+                peer=self.peer, request=self.what, worker=self.slot.worker,
+            )
             self.slot.abort()
 
     def relay(self, response: IResponse, done: Callable[[Failure], None]) -> None:
@@ -329,19 +335,6 @@ def _with_content_length(response: IResponse, headers: Headers) -> Headers:
     if not ordered.hasHeader(b"content-length"):
         ordered.setRawHeaders(b"Content-Length", [length])
     return ordered
-
-
-def _address_text(address) -> str:
-    """
-    An address as a Host header names it: C{host:port}, IPv6 bracketed;
-    C{localhost} for a UNIX socket.
-    """
-    host = getattr(address, "host", None)
-    if host is None:
-        return "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"{host}:{address.port}"
 
 
 def _cancel(call: IDelayedCall | None) -> None:

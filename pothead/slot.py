@@ -63,6 +63,7 @@ class Slot(Protocol):
         self._waiting: Deferred[Job] | None = None
         self._reusable = False
         self._leftover = b""
+        self._closing = False
 
     def __repr__(self) -> str:
         return f"<Slot {self.worker} pool={self.pool.name}>"
@@ -86,14 +87,14 @@ class Slot(Protocol):
         self._reusable = False
         if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
             _log.info("worker {worker} detached", worker=self.worker)
-            self.transport.loseConnection()
+            self._close()
             return
         _log.warn(
             "worker {worker} sent {n} bytes while no request was pending; dropping it",
             worker=self.worker,
             n=len(data),
         )
-        self.transport.abortConnection()
+        self._close(abort=True)
 
     def _leftover_received(self, data: bytes) -> None:
         # Read together with the end of a response; judged once that
@@ -103,6 +104,9 @@ class Slot(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected = False
         self.pool.slots.discard(self)
+        if not self._closing:
+            _log.info("worker {worker} {state} disconnected: {why}", worker=self.worker,
+                      state="busy" if self.job else "idle", why=reason.getErrorMessage())
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
@@ -114,7 +118,17 @@ class Slot(Protocol):
         fresh one.  Used when the consumer went away mid-job, so that the
         rest of that response can never reach the next job's consumer.
         """
-        self.transport.abortConnection()
+        self._close(abort=True)
+
+    def _close(self, abort: bool = False) -> None:
+        """
+        End this slot from the hub's side (so its end is not news to log).
+        """
+        self._closing = True
+        if abort:
+            self.transport.abortConnection()
+        else:
+            self.transport.loseConnection()
 
     def _take_next(self) -> None:
         self._reusable = False
@@ -138,7 +152,7 @@ class Slot(Protocol):
         # Twisted calls this before the body protocol learns the response
         # is done; the next request is sent from _finished, after that.
         if self.single_use or wants_close(client):
-            client.transport.loseConnection()
+            self._close()
         else:
             self._reusable = True
 
@@ -152,7 +166,7 @@ class Slot(Protocol):
         # A worker that hands a job back is not ready for another: close
         # this slot, and let the worker reattach when it is.
         self._reusable = False
-        self.transport.loseConnection()
+        self._close()
         job.handed_back += 1
         if job.gone or job.request.finished:
             pass

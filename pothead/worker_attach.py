@@ -16,6 +16,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
 from twisted.web.server import Site
 
+from pothead.address import host_port
 from pothead.admission import FixedAdmission, IAdmission
 from pothead.attach import (
     DETACH_NOTICE,
@@ -125,7 +126,7 @@ class AttachClient(HeadReceiver):
             connection's end, so refusals back off through
             L{AttachFactory.retry_delay} instead.
         """
-        host = _host_header(self.transport.getPeer())
+        host = host_port(self.transport.getPeer(), unix="localhost")
         self._attached = Deferred()
         self.setTimeout(self.timeout)
         self.transport.write(attach_request(host, self._pool, self._token, self.name))
@@ -244,13 +245,6 @@ def retry_delay(attempt: int) -> float:
     if attempt <= 1:
         return 0.0
     return min(0.1 * 2 ** (attempt - 2), MAX_RETRY_DELAY) * (0.5 + random.random())
-
-
-def _host_header(peer) -> str:
-    host = getattr(peer, "host", None)
-    if host is None:
-        return "localhost"
-    return f"[{host}]:{peer.port}" if ":" in host else f"{host}:{peer.port}"
 
 
 class AttachFactory(Factory):
