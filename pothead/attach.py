@@ -59,11 +59,16 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
     Subclasses implement L{head_received}, and call L{switch_to} to hand
     the connection to the protocol that speaks after the handshake.
 
-    :ivar timeout: seconds allowed for the whole head to arrive.
+    :ivar timeout: seconds allowed for the whole head to arrive, from its
+        first byte.
+    :ivar quiet_timeout: seconds the connection may stay silent before
+        the head starts, or L{None} to count C{timeout} from the connect.
     """
 
     MAX_LENGTH = MAX_HEAD_LINE
     timeout: float | None = 10.0
+    quiet_timeout: float | None = None
+    _heard = False
 
     def __init__(self) -> None:
         self._start_line: bytes | None = None
@@ -73,7 +78,14 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
 
     def connectionMade(self) -> None:
         keep_alive(self.transport)
-        self.setTimeout(self.timeout)
+        self.setTimeout(self.quiet_timeout or self.timeout)
+
+    def dataReceived(self, data: bytes) -> None:
+        if not self._heard:
+            self._heard = True
+            if self.quiet_timeout is not None and self._start_line is None:
+                self.setTimeout(self.timeout)
+        super().dataReceived(data)
 
     def lineReceived(self, line: bytes) -> None:
         self._head_bytes += len(line) + 2
@@ -98,7 +110,7 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self.head_failed("head line too long")
 
     def timeoutConnection(self) -> None:
-        self.head_failed("timed out")
+        self.head_failed("timed out" if self._heard else "silent too long")
 
     def head_received(self, start_line: bytes, headers: Headers) -> None:
         """

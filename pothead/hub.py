@@ -65,7 +65,11 @@ class Hub:
         A factory for a worker-port listener.
         """
         return WorkerPortFactory(
-            self.pools, self._token_check, self.limits.attach_timeout, self._clock
+            self.pools,
+            self._token_check,
+            self.limits.attach_timeout,
+            self._clock,
+            self.limits.quiet_timeout,
         )
 
     @property

@@ -125,11 +125,13 @@ class AttachServer(HeadReceiver):
         timeout: float,
         clock: IReactorTime,
         make_slot: Callable[[Pool, str], Slot],
+        quiet_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self._pools = pools
         self._token_check = token_check
         self.timeout = timeout
+        self.quiet_timeout = quiet_timeout
         self.callLater = clock.callLater
         self._make_slot = make_slot
 
@@ -187,15 +189,18 @@ class WorkerPortFactory(Factory):
         token_check: TokenCheck,
         attach_timeout: float,
         clock: IReactorTime,
+        quiet_timeout: float | None = None,
     ) -> None:
         self._pools = pools
         self._token_check = token_check
         self._attach_timeout = attach_timeout
         self._clock = clock
+        self._quiet_timeout = quiet_timeout
 
     def buildProtocol(self, addr) -> AttachServer:
         return AttachServer(
-            self._pools, self._token_check, self._attach_timeout, self._clock, Slot
+            self._pools, self._token_check, self._attach_timeout, self._clock, Slot,
+            self._quiet_timeout,
         )
 
 

@@ -31,7 +31,10 @@ class Limits:
         then 408.
     :ivar body_timeout: seconds a consumer has to send a request body,
         from the end of its head; then 408.
-    :ivar attach_timeout: seconds a worker-port connection has to attach.
+    :ivar attach_timeout: seconds a worker's attach request has to arrive
+        whole, from its first byte.
+    :ivar quiet_timeout: seconds a worker-port connection may stay silent
+        before it starts to attach (a worker gated by admission waits so).
     :ivar retry_after: the ``Retry-After`` seconds sent with every 503.
     :ivar retries: how often a job whose worker vanished before answering
         is handed to another worker (idempotent methods only).
@@ -47,6 +50,7 @@ class Limits:
     header_timeout: float = 30 * SECOND
     body_timeout: float = 5 * MINUTE
     attach_timeout: float = 10 * SECOND
+    quiet_timeout: float = 5 * MINUTE
     retry_after: int = 5
     retries: int = 1
     stop_timeout: float = 30 * SECOND

@@ -169,6 +169,35 @@ def test_attach_timeout():
     assert not clock.getDelayedCalls()
 
 
+def test_silent_connection_waits_for_quiet_timeout():
+    """
+    A connection that has sent nothing (a worker waiting for admission) is
+    kept until the quiet timeout; from its first byte, the attach timeout
+    applies.
+    """
+    pool, clock = Pool("default"), Clock()
+    factory = WorkerPortFactory({"default": pool}, TokenCheck(None), ATTACH_TIMEOUT, clock, 100.0)
+    protocol = factory.buildProtocol(None)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
+    protocol.makeConnection(transport)
+    clock.advance(99)
+    assert not transport.disconnecting
+    protocol.dataReceived(b"GET /pothead/v1/attach/default HTTP/1.1\r\n")
+    clock.advance(ATTACH_TIMEOUT - 0.1)
+    assert not transport.disconnecting
+    clock.advance(0.2)
+    assert transport.disconnecting
+    protocol.connectionLost(Failure(ConnectionError()))
+
+    silent = factory.buildProtocol(None)
+    silent_transport = StringTransport()
+    silent.makeConnection(silent_transport)
+    clock.advance(100.1)
+    assert silent_transport.disconnecting
+    silent.connectionLost(Failure(ConnectionError()))
+    assert not clock.getDelayedCalls()
+
+
 def test_timeout_cancelled_once_attached():
     """
     An attached slot is not dropped by the attach timeout.
