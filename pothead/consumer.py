@@ -176,11 +176,8 @@ class JobResource(Resource):
         if len(request.requestHeaders.getRawHeaders(b"host", ())) > 1:
             # RFC 9112 section 3.2: a request with several Host headers is
             # answered 400; a worker must not have to guess which one counts.
-            _log.info("refused a request from {peer}: 400 (several Host headers)",
-                      peer=host_port(request.getClientAddress()))
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", b"text/plain")
-            return b"Bad Request: several Host headers\n"
+            request.channel.refuse(400, "several Host headers")
+            return NOT_DONE_YET
         Job(request, self._pool, self._clock, self._limits).queue()
         return NOT_DONE_YET
 

@@ -290,3 +290,60 @@ async def test_retries_zero_answers_502_for_get():
         assert calls == []
     finally:
         await running.stop()
+
+
+class RawExchange(Protocol):
+    """
+    Send raw bytes, collect everything until the hub closes.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.closed = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason=None) -> None:
+        self.closed.callback(self.received)
+
+
+async def raw(running_hub, data: bytes) -> bytes:
+    exchange = RawExchange(data)
+    endpoint = clientFromString(reactor, f"tcp:127.0.0.1:{running_hub.consumer_port}")
+    await endpoint.connect(Factory.forProtocol(lambda: exchange))
+    return await exchange.closed.addTimeout(WAIT, reactor)
+
+
+@pytest.mark.parametrize(
+    "data, status",
+    [
+        (b"\x00\x01garbage\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nBad Header\r\n\r\n", b"400"),
+        (b"GET /" + b"a" * 70_000 + b" HTTP/1.1\r\n\r\n", b"414"),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 70_000 + b"\r\n\r\n", b"431"),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_input_over_a_socket(running_hub, data, status):
+    """
+    Hostile bytes on the consumer port get their status code and a closed
+    connection, reach no worker, and the hub goes on serving others.
+    """
+    calls: list = []
+    await running_hub.add_worker(counting_app(calls))
+    answer = await raw(running_hub, data)
+    assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == status, answer[:200]
+    assert calls == []
+    client = Client()
+    try:
+        response, body = await client.request("GET", running_hub.url + "/fine")
+    finally:
+        await client.close()
+    assert (response.code, calls) == (200, ["GET"])
