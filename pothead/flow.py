@@ -116,14 +116,46 @@ class WriteGate:
                     blockingCallFromThread(self._reactor, self._unregister)
 
 
+class _PromptResponse(_WSGIResponse):
+    """
+    A WSGI response whose first UNGATED_BYTES are written without the app's
+    thread waiting for the reactor to have written them.
+
+    twisted.web.wsgi makes the thread wait for every write, a round trip
+    between threads that costs more than a small response's whole handling;
+    writes are still done in order by the reactor, and the app is still
+    told at once about a chunk that is not bytes.  Past UNGATED_BYTES every
+    write waits again, so a fast app can never queue more than that, and
+    L{WriteGate} takes over.
+    """
+
+    _unwaited = 0
+
+    def write(self, data: bytes) -> None:
+        if not isinstance(data, bytes):
+            raise TypeError(f"WSGI response data must be bytes, not {type(data).__name__}")
+        self._unwaited += len(data)
+        if self._unwaited > UNGATED_BYTES:
+            return super().write(data)
+
+        def prompt_write(started: bool) -> None:
+            if not started:
+                self._sendResponseHeaders()
+            self.request.write(data)
+
+        self.reactor.callFromThread(prompt_write, self.started)
+        self.started = True
+
+
 class FlowControlledWSGIResource(WSGIResource):
     """
     A L{WSGIResource} whose apps are given a L{WriteGate} in their environ,
-    for L{flow_controlled} to use.
+    for L{flow_controlled} to use, and whose small responses are written
+    without a thread round trip per chunk.
     """
 
     def render(self, request: Request) -> int:
-        response = _WSGIResponse(self._reactor, self._threadpool, self._application, request)
+        response = _PromptResponse(self._reactor, self._threadpool, self._application, request)
         response.environ[GATE_KEY] = WriteGate(self._reactor, request)
         response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
         response.start()

@@ -74,3 +74,46 @@ def test_private_wsgi_response_pinned():
     for name in ("_reactor", "_threadpool", "_application"):
         assert hasattr(resource, name)
     assert {"environ", "start", "run"} <= set(dir(_WSGIResponse)) | {"environ"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_non_bytes_chunk_is_an_app_error(running_hub):
+    """
+    An app that yields text instead of bytes gets a clean 500, not a
+    response cut after its headers.
+    """
+    from tests.http import Client
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return ["not bytes"]
+
+    await running_hub.add_worker(app)
+    client = Client()
+    try:
+        response, _ = await client.request("GET", running_hub.url + "/")
+    finally:
+        await client.close()
+    assert response.code == 500
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_small_chunks_keep_their_order(running_hub):
+    """
+    Small chunks written without waiting still arrive whole and in order.
+    """
+    from tests.http import Client
+
+    chunks = [b"%05d," % i for i in range(5000)]
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter(chunks)
+
+    await running_hub.add_worker(app)
+    client = Client()
+    try:
+        response, body = await client.request("GET", running_hub.url + "/")
+    finally:
+        await client.close()
+    assert body == b"".join(chunks)
