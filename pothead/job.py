@@ -25,7 +25,7 @@ from twisted.web.server import Request as ConsumerRequest
 from pothead.address import host_port
 from pothead.body import BufferedBody, body_size
 from pothead.client import Request
-from pothead.headers import add_forwarded, end_to_end
+from pothead.headers import HOP_BY_HOP, add_forwarded, end_to_end
 from pothead.limits import Limits
 
 if TYPE_CHECKING:
@@ -221,16 +221,9 @@ class Job:
             response.deliverBody(Discard(done))
             return
         request.setResponseCode(response.code, response.phrase)
-        headers = _with_content_length(response, end_to_end(response.headers))
-        # Keep the Connection header twisted.web set for this consumer, first,
-        # where twisted.web puts it when it serves an app itself.
-        connection = request.responseHeaders.getRawHeaders(b"connection")
-        if connection:
-            ordered = Headers({b"Connection": connection})
-            for name, values in headers.getAllRawHeaders():
-                ordered.setRawHeaders(name, values)
-            headers = ordered
-        request.responseHeaders = headers
+        request.responseHeaders = _relayed_headers(
+            response, request.responseHeaders.getRawHeaders(b"connection")
+        )
         response.deliverBody(_BodyRelay(self, done))
 
     def answer(
@@ -315,26 +308,37 @@ class Discard(Protocol):
         self._done(reason)
 
 
-def _with_content_length(response: IResponse, headers: Headers) -> Headers:
+def _relayed_headers(response: IResponse, connection: list[bytes] | None) -> Headers:
     """
-    Put the worker's ``Content-Length`` back where the worker sent it.
+    The headers the consumer gets, built in one pass: the worker's
+    end-to-end headers in the worker's order, its ``Content-Length`` back
+    where it stood, and first the ``Connection`` header twisted.web set for
+    this consumer, where twisted.web puts it when it serves an app itself.
 
-    It is passed on whenever the worker sent one and the body was not
-    chunked: for a HEAD, 204 or 304 it describes the representation, and
-    otherwise it equals the body's length.
+    ``Content-Length`` is passed on whenever the worker sent one and the
+    body was not chunked: for a HEAD, 204 or 304 it describes the
+    representation, otherwise it equals the body's length.
+
+    :param response: the worker's response, seen through
+        L{pothead.client.watch_response}.
+    :param connection: the consumer connection's own Connection values.
     """
     length = getattr(response, "content_length", None)
-    if length is None or response.length is UNKNOWN_LENGTH and response.code not in _NO_BODY:
-        return headers
+    if response.length is UNKNOWN_LENGTH and response.code not in _NO_BODY:
+        length = None
     after = getattr(response, "content_length_after", 0)
-    ordered = Headers()
-    for index, (name, values) in enumerate(headers.getAllRawHeaders()):
-        if index == after:
-            ordered.setRawHeaders(b"Content-Length", [length])
-        ordered.setRawHeaders(name, values)
-    if not ordered.hasHeader(b"content-length"):
-        ordered.setRawHeaders(b"Content-Length", [length])
-    return ordered
+    headers = Headers()
+    if connection:
+        headers.setRawHeaders(b"Connection", connection)
+    for index, (name, values) in enumerate(response.headers.getAllRawHeaders()):
+        if index == after and length is not None:
+            headers.setRawHeaders(b"Content-Length", [length])
+            length = None
+        if name.lower() not in HOP_BY_HOP:
+            headers.setRawHeaders(name, values)
+    if length is not None:
+        headers.setRawHeaders(b"Content-Length", [length])
+    return headers
 
 
 def _cancel(call: IDelayedCall | None) -> None:
