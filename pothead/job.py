@@ -61,10 +61,10 @@ class Job:
         self.pool = pool
         self._clock = clock
         self.limits = limits
-        self._queue_timer: IDelayedCall | None = None
-        self._request_timer: IDelayedCall | None = clock.callLater(
-            limits.request_timeout, self._request_expired
-        )
+        # One timer per job, set to whichever deadline comes first: the
+        # queue timeout while it waits, the request timeout after that.
+        self._request_deadline = clock.seconds() + limits.request_timeout
+        self._timer: IDelayedCall | None = None
         self.lost_workers = 0
         self.handed_back = 0
         self.slot: Slot | None = None
@@ -138,19 +138,25 @@ class Job:
         A slot has taken this job out of the queue to serve it.
         """
         self.slot = slot
-        _cancel(self._queue_timer)
+        self._arm(self._request_deadline)
 
     def _wait_in_line(self) -> None:
-        self._queue_timer = self._clock.callLater(
-            self.limits.queue_timeout, self._queue_expired
-        )
+        waited_enough = self._clock.seconds() + self.limits.queue_timeout
+        self._arm(min(waited_enough, self._request_deadline))
 
-    def _queue_expired(self) -> None:
-        self.pool.discard(self)
-        self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker")
+    def _arm(self, deadline: float) -> None:
+        delay = max(0.0, deadline - self._clock.seconds())
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(delay)
+        else:
+            self._timer = self._clock.callLater(delay, self._expired)
 
-    def _request_expired(self) -> None:
-        self._request_timer = None
+    def _expired(self) -> None:
+        self._timer = None
+        if self.slot is None and self._clock.seconds() < self._request_deadline:
+            self.pool.discard(self)
+            self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker")
+            return
         why = f"no response within {self.limits.request_timeout:g}s"
         _log.warn(
             "{request} from {peer}: 504, {why}", request=self.what, peer=self.peer, why=why,
@@ -178,11 +184,12 @@ class Job:
 
     def _settle(self) -> None:
         """
-        The job is over, one way or another: stop its timers.
+        The job is over, or its worker has started answering: no deadline
+        applies any more.
         """
-        _cancel(self._queue_timer)
-        _cancel(self._request_timer)
-        self._queue_timer = self._request_timer = None
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
 
     @property
     def peer(self) -> str:
@@ -215,8 +222,7 @@ class Job:
         :param done: called with the reason the body ended.
         """
         request = self.request
-        _cancel(self._request_timer)
-        self._request_timer = None
+        self._settle()
         if self.gone or request.finished:
             response.deliverBody(Discard(done))
             return
@@ -339,11 +345,6 @@ def _relayed_headers(response: IResponse, connection: list[bytes] | None) -> Hea
     if length is not None:
         headers.setRawHeaders(b"Content-Length", [length])
     return headers
-
-
-def _cancel(call: IDelayedCall | None) -> None:
-    if call is not None and call.active():
-        call.cancel()
 
 
 def _declares_body(request: ConsumerRequest) -> bool:
