@@ -104,6 +104,17 @@ class ConsumerChannel(HTTPChannel):
         self._clear_deadline()
         super().allContentReceived()
 
+    def timeoutConnection(self) -> None:
+        # Twisted's idle timeout (60 s without a byte) would cut a consumer
+        # that pauses in the middle of a request before the hub's own head
+        # and body deadlines, which are the ones that bound a request: while
+        # one runs, idleness alone ends nothing.  Between requests the idle
+        # timeout applies as before.
+        if self._deadline is not None:
+            self.resetTimeout()
+            return
+        super().timeoutConnection()
+
     def connectionLost(self, reason) -> None:
         self._clear_deadline()
         super().connectionLost(reason)

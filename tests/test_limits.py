@@ -276,3 +276,29 @@ def test_detach_notice_read_with_last_response():
     harness.consumer(b"POST /next HTTP/1.1\r\nHost: hub\r\nContent-Length: 1\r\n\r\nx")
     assert worker_transport.value() == b""
     assert harness.pool.queued == 1
+
+
+def test_pause_mid_body_bounded_by_body_timeout_not_idle_timeout():
+    """
+    A consumer that pauses longer than Twisted's 60 s idle timeout in the
+    middle of its body is not cut off; the body timeout decides.
+    """
+    harness = HubHarness(body_timeout=300)
+    channel, transport = harness.consumer(
+        b"POST / HTTP/1.1\r\nHost: hub\r\nContent-Length: 10\r\n\r\n12345"
+    )
+    harness.clock.advance(90)
+    assert not transport.disconnecting
+    channel.dataReceived(b"67890")
+    assert harness.pool.queued == 1
+
+
+def test_idle_keep_alive_connection_still_times_out():
+    """
+    Between requests, an idle consumer connection is closed after
+    Twisted's idle timeout as before.
+    """
+    harness = HubHarness()
+    channel, transport = harness.consumer()
+    harness.clock.advance(61)
+    assert transport.disconnecting
