@@ -131,6 +131,15 @@ class _PromptResponse(_WSGIResponse):
 
     _unwaited = 0
 
+    #: Called in the reactor thread when the app call is over.
+    on_ended = staticmethod(lambda: None)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.reactor.callFromThread(self.on_ended)
+
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):
             raise TypeError(f"WSGI response data must be bytes, not {type(data).__name__}")
@@ -158,6 +167,10 @@ class FlowControlledWSGIResource(WSGIResource):
         response = _PromptResponse(self._reactor, self._threadpool, self._application, request)
         response.environ[GATE_KEY] = WriteGate(self._reactor, request)
         response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
+        slot = getattr(request.channel, "attach_factory", None)
+        if slot is not None:
+            slot.app_call_started()
+            response.on_ended = slot.app_call_ended
         response.start()
         return NOT_DONE_YET
 

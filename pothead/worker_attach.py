@@ -90,14 +90,17 @@ class AttachClient(HeadReceiver):
     def prepare(self) -> Deferred[None]:
         """
         Get this slot ready, as L{ClientService}'s C{prepareConnection}:
-        wait for the worker's admission, then attach.
+        wait until the slot's last app call has returned (a slot dropped
+        mid-job must not take a new job its thread cannot start), then for
+        the worker's admission, then attach.
 
         :return: fires when the slot serves HTTP or the attempt is over; it
             never fails (see L{attach}), and it fires at the latest when the
             connection is lost, before ClientService hears of the loss.
         """
         self._prepared = Deferred()
-        self._admitting = self.factory.admission.admit()
+        self._admitting = self.factory.until_app_idle()
+        self._admitting.addCallback(lambda _: self.factory.admission.admit())
         self._admitting.addCallbacks(self._admitted, lambda failure: None)
         return self._prepared
 
@@ -151,6 +154,7 @@ class AttachClient(HeadReceiver):
         self._channel = self._site.buildProtocol(self.transport.getPeer())
         self._channel.on_idle = self._channel_idle
         self._channel.ticket = self._ticket
+        self._channel.attach_factory = self.factory
         self.switch_to(self._channel)
         attached, self._attached = self._attached, None
         attached.callback(None)
@@ -265,6 +269,35 @@ class AttachFactory(Factory):
         self.clients: set[AttachClient] = set()
         self.draining = False
         self.refusals = 0
+        self._app_calls = 0
+        self._app_idle: list[Deferred[None]] = []
+
+    def app_call_started(self) -> None:
+        """
+        The app was called for a request on this slot.
+        """
+        self._app_calls += 1
+
+    def app_call_ended(self) -> None:
+        """
+        An app call on this slot returned (its response may have gone
+        nowhere, if the hub dropped the slot meanwhile).
+        """
+        self._app_calls -= 1
+        if not self._app_calls:
+            waiting, self._app_idle = self._app_idle, []
+            for d in waiting:
+                d.callback(None)
+
+    def until_app_idle(self) -> Deferred[None]:
+        """
+        Fires when no app call runs for this slot.
+        """
+        if not self._app_calls:
+            return succeed(None)
+        idle: Deferred[None] = Deferred(lambda d: d in self._app_idle and self._app_idle.remove(d))
+        self._app_idle.append(idle)
+        return idle
 
     def retry_delay(self, attempt: int) -> float:
         """

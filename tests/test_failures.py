@@ -12,6 +12,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
 from pothead.attach import DETACH_NOTICE, attach_request
@@ -239,7 +240,8 @@ async def test_consumer_gone_while_served_drops_that_slot(running_hub):
     """
     A consumer that disconnects while its request runs has that worker
     connection closed (no half-read response can reach the next consumer);
-    the worker reattaches and serves the next request.
+    the worker reattaches once the abandoned app call has returned, and
+    serves the next request.
     """
     gate = threading.Event()
 
@@ -257,6 +259,10 @@ async def test_consumer_gone_while_served_drops_that_slot(running_hub):
         await wait_for(lambda: running_hub.pool.idle == 0, what="the slot to be busy")
         quitter.cancel()
         await wait_for(lambda: first_slot not in running_hub.pool.slots, what="the slot to close")
+        # The app is still running the abandoned request: the slot must not
+        # attach again (and take a job its thread cannot start) until then.
+        await deferLater(reactor, 0.3, lambda: None)
+        assert running_hub.pool.idle == 0
         gate.set()
         await wait_for(lambda: running_hub.pool.idle == 1, what="the worker to reattach")
         response, body = await client.request("GET", running_hub.url + "/next")
