@@ -31,3 +31,16 @@ class Client:
 
     async def close(self) -> None:
         await self.pool.closeCachedConnections()
+
+
+async def fetch(method: str, url: str, **kwargs):
+    """
+    One request on a connection of its own, closed afterwards.
+
+    :return: C{(response, body)}
+    """
+    client = Client()
+    try:
+        return await client.request(method, url, **kwargs)
+    finally:
+        await client.close()

@@ -15,9 +15,10 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
-from pothead.attach import DETACH_NOTICE, attach_request
+from pothead.attach import DETACH_NOTICE
 from tests.conftest import WAIT, wait_for
-from tests.http import Client
+from tests.http import Client, fetch
+from tests.peers import scripted_worker
 
 
 def counting_app(calls: list):
@@ -28,40 +29,6 @@ def counting_app(calls: list):
         return [b"ok" + body]
 
     return app
-
-
-class ScriptedWorker(Protocol):
-    """
-    A hand-written worker that attaches, then does C{on_request} with the
-    first request it receives.
-    """
-
-    def __init__(self, on_request) -> None:
-        self.on_request = on_request
-        self.buffer = b""
-        self.attached = False
-        self.requests = 0
-
-    def connectionMade(self) -> None:
-        self.transport.write(attach_request("hub", "default", None, "scripted"))
-
-    def dataReceived(self, data: bytes) -> None:
-        self.buffer += data
-        if not self.attached and b"\r\n\r\n" in self.buffer:
-            _, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
-            self.attached = True
-        if self.attached and b"\r\n\r\n" in self.buffer and not self.requests:
-            self.requests += 1
-            self.on_request(self.transport)
-
-
-async def scripted_worker(running_hub, on_request) -> ScriptedWorker:
-    worker = ScriptedWorker(on_request)
-    endpoint = clientFromString(reactor, running_hub.worker_endpoint)
-    expected = running_hub.pool.idle + 1
-    await endpoint.connect(Factory.forProtocol(lambda: worker))
-    await wait_for(lambda: running_hub.pool.idle >= expected, what="the scripted worker")
-    return worker
 
 
 REQUEUE = b"HTTP/1.1 503 Service Unavailable\r\nPothead-Requeue: 1\r\nContent-Length: 4\r\n\r\nbusy"
@@ -78,11 +45,7 @@ async def test_handed_back_post_served_elsewhere(running_hub, answer):
     scripted = await scripted_worker(running_hub, lambda transport: transport.write(answer))
     calls: list = []
     await running_hub.add_worker(counting_app(calls))
-    client = Client()
-    try:
-        response, body = await client.request("POST", running_hub.url + "/x", data=b"payload")
-    finally:
-        await client.close()
+    response, body = await fetch("POST", running_hub.url + "/x", data=b"payload")
     assert (response.code, body) == (200, b"okpayload")
     assert scripted.requests == 1
     assert calls == ["POST"]
@@ -99,11 +62,7 @@ async def test_worker_lost_before_answering(running_hub, method, code):
     scripted = await scripted_worker(running_hub, lambda transport: transport.abortConnection())
     calls: list = []
     await running_hub.add_worker(counting_app(calls))
-    client = Client()
-    try:
-        response, _ = await client.request(method, running_hub.url + "/x", data=b"")
-    finally:
-        await client.close()
+    response, _ = await fetch(method, running_hub.url + "/x", data=b"")
     assert response.code == code
     assert scripted.requests == 1
     assert calls == ([method] if code == 200 else [])
@@ -225,11 +184,7 @@ async def test_connection_close_answer_ends_slot(running_hub):
         lambda t: t.write(b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\n"
                           b"Content-Length: 2\r\n\r\nok"),
     )
-    client = Client()
-    try:
-        response, body = await client.request("GET", running_hub.url + "/x")
-    finally:
-        await client.close()
+    response, body = await fetch("GET", running_hub.url + "/x")
     assert (response.code, body) == (200, b"ok")
     await wait_for(lambda: not scripted.transport.connected, what="the slot to close")
     assert running_hub.pool.slots == set()
@@ -287,11 +242,7 @@ async def test_retries_zero_answers_502_for_get():
         await scripted_worker(running, lambda transport: transport.abortConnection())
         calls: list = []
         await running.add_worker(counting_app(calls))
-        client = Client()
-        try:
-            response, _ = await client.request("GET", running.url + "/x")
-        finally:
-            await client.close()
+        response, _ = await fetch("GET", running.url + "/x")
         assert response.code == 502
         assert calls == []
     finally:
@@ -347,9 +298,5 @@ async def test_bad_input_over_a_socket(running_hub, data, status):
     answer = await raw(running_hub, data)
     assert answer.split(b"\r\n", 1)[0].split(b" ")[1] == status, answer[:200]
     assert calls == []
-    client = Client()
-    try:
-        response, body = await client.request("GET", running_hub.url + "/fine")
-    finally:
-        await client.close()
+    response, body = await fetch("GET", running_hub.url + "/fine")
     assert (response.code, calls) == (200, ["GET"])

@@ -11,7 +11,7 @@ import pytest_twisted
 from twisted.internet import defer
 
 from tests.conftest import WAIT, wait_for
-from tests.http import Client
+from tests.http import Client, fetch
 
 
 def echo_path(environ, start_response):
@@ -53,11 +53,7 @@ async def test_request_answered_through_hub(running_hub):
     A consumer request reaches the worker's app and its answer comes back.
     """
     await running_hub.add_worker(echo_path)
-    client = Client()
-    try:
-        response, body = await client.request("GET", running_hub.url + "/a/b?c=d")
-    finally:
-        await client.close()
+    response, body = await fetch("GET", running_hub.url + "/a/b?c=d")
     assert response.code == 200
     assert body == b"/a/b?c=d"
 
