@@ -15,11 +15,13 @@ thread a handle on its request); ``tests/test_flow.py`` pins it.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator
+from threading import Lock
+from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.threads import blockingCallFromThread
+from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 from zope.interface import implementer
@@ -33,6 +35,50 @@ TICKET_KEY = "pothead.ticket"
 #: Bytes a response may write before it is flow-controlled at all: small
 #: answers, the common case, cost no extra reactor round trip.
 UNGATED_BYTES = 256 * 1024
+
+_log = Logger()
+
+
+class BatchedCalls:
+    """
+    The reactor as the app's threads see it: calls they hand to the
+    reactor thread run there in order, as many in one wake-up as were
+    handed over before the reactor got to them.
+
+    A small response takes three such calls (write, finish, "app call
+    over"), and each of Twisted's own C{callFromThread} wakes the reactor
+    and trades the GIL with the app's thread once; batched, the reactor
+    usually wakes once, after the thread is done.  A lone chunk of a
+    streamed response still goes out as soon as the reactor is free.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self._reactor = reactor
+        self._lock = Lock()
+        self._calls: list[tuple[Callable[..., object], tuple, dict]] = []
+        self._scheduled = False
+
+    def callFromThread(self, f: Callable[..., object], *args: object, **kwargs: object) -> None:
+        """
+        Run C{f(*args, **kwargs)} in the reactor thread, after every call
+        handed over before it.
+        """
+        with self._lock:
+            self._calls.append((f, args, kwargs))
+            if self._scheduled:
+                return
+            self._scheduled = True
+        self._reactor.callFromThread(self._run)
+
+    def _run(self) -> None:
+        with self._lock:
+            calls, self._calls = self._calls, []
+            self._scheduled = False
+        for f, args, kwargs in calls:
+            try:
+                f(*args, **kwargs)
+            except BaseException:
+                _log.failure("call from a WSGI thread failed: {f!r}", f=f)
 
 
 @implementer(IPushProducer)
@@ -119,7 +165,9 @@ class WriteGate:
 class _PromptResponse(_WSGIResponse):
     """
     A WSGI response whose first UNGATED_BYTES are written without the app's
-    thread waiting for the reactor to have written them.
+    thread waiting for the reactor to have written them.  Its C{reactor}
+    is a L{BatchedCalls}, so a small response's write and finish reach the
+    reactor together.
 
     twisted.web.wsgi makes the thread wait for every write, a round trip
     between threads that costs more than a small response's whole handling;
@@ -163,9 +211,13 @@ class FlowControlledWSGIResource(WSGIResource):
     without a thread round trip per chunk.
     """
 
+    def __init__(self, reactor: Any, threadpool: Any, application: Any) -> None:
+        super().__init__(reactor, threadpool, application)
+        self._calls = BatchedCalls(reactor)
+
     def render(self, request: Request) -> int:
-        response = _PromptResponse(self._reactor, self._threadpool, self._application, request)
-        response.environ[GATE_KEY] = WriteGate(self._reactor, request)
+        response = _PromptResponse(self._calls, self._threadpool, self._application, request)
+        response.environ[GATE_KEY] = WriteGate(self._calls, request)
         response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
         slot = getattr(request.channel, "attach_factory", None)
         if slot is not None:

@@ -1,14 +1,16 @@
 """
-Backpressure on the worker: an app's large response is read from it only
-as fast as the consumer takes it, through hub and worker.
+The worker's WSGI container: an app's large response is read from it only
+as fast as the consumer takes it, and calls from app threads reach the
+reactor in batches.
 """
 
 from __future__ import annotations
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.logger import capturedLogs
 
-from pothead.flow import GATE_KEY, FlowControlledWSGIResource, flow_controlled
+from pothead.flow import GATE_KEY, BatchedCalls, FlowControlledWSGIResource, flow_controlled
 from tests.conftest import wait_for
 from tests.peers import MIB, held_back_then_drained, paused_consumer
 
@@ -72,3 +74,61 @@ def test_private_wsgi_response_pinned():
     response = _WSGIResponse(reactor, object(), lambda e, s: [], request)
     assert (response.started, response.reactor, response.request) == (False, reactor, request)
     assert isinstance(response.environ, dict)
+
+
+class RecordingReactor:
+    """
+    Just C{callFromThread}, recording each call instead of running it, so
+    a test decides when "the reactor" gets to them.
+    """
+
+    def __init__(self) -> None:
+        self.handed_over: list = []
+
+    def callFromThread(self, f, *args, **kwargs) -> None:
+        self.handed_over.append(lambda: f(*args, **kwargs))
+
+    def run_pending(self) -> None:
+        pending, self.handed_over = self.handed_over, []
+        for call in pending:
+            call()
+
+
+def test_batched_calls_wake_the_reactor_once_and_keep_order():
+    """
+    Calls handed over before the reactor gets to them run in one wake-up,
+    in the order they were made; a call made after that wakes it again.
+    """
+    fake = RecordingReactor()
+    calls = BatchedCalls(fake)
+    ran: list = []
+    calls.callFromThread(ran.append, "write")
+    calls.callFromThread(ran.append, "finish")
+    calls.callFromThread(lambda **kw: ran.append(kw), ended=True)
+    assert (len(fake.handed_over), ran) == (1, [])
+    fake.run_pending()
+    assert ran == ["write", "finish", {"ended": True}]
+
+    calls.callFromThread(ran.append, "next")
+    assert len(fake.handed_over) == 1
+    fake.run_pending()
+    assert ran[-1] == "next" and fake.handed_over == []
+
+
+def test_batched_call_that_fails_is_logged_and_the_rest_run():
+    """
+    One failing call (a response whose connection is gone, say) neither
+    loses the calls after it nor stops the batching.
+    """
+    fake = RecordingReactor()
+    calls = BatchedCalls(fake)
+    ran: list = []
+    calls.callFromThread(lambda: 1 / 0)
+    calls.callFromThread(ran.append, "after")
+    with capturedLogs() as events:
+        fake.run_pending()
+    assert ran == ["after"]
+    assert [e["log_failure"].type for e in events if "log_failure" in e] == [ZeroDivisionError]
+    calls.callFromThread(ran.append, "again")
+    fake.run_pending()
+    assert ran == ["after", "again"]
