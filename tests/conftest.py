@@ -57,6 +57,10 @@ class RunningHub:
     def pool(self):
         return self.hub.pools["default"]
 
+    def consumer_transports(self) -> list:
+        """The transports of the consumer connections open now."""
+        return [wrapper.transport for wrapper in self._factories[0].protocols]
+
     async def add_worker(self, app, slots: int = 1, **kwargs):
         """
         Start a worker in this reactor and wait until all its slots are

@@ -112,17 +112,25 @@ async def test_slots_bound_concurrency(running_hub):
 
 
 @pytest_twisted.ensureDeferred
-async def test_tcp_keepalive_on_hub_and_worker_sockets(running_hub):
+async def test_tcp_keepalive_and_nodelay_on_hub_and_worker_sockets(running_hub):
     """
     Both ends of a slot have TCP keepalive on, so a peer that vanished
-    silently is noticed.
+    silently is noticed, and Nagle's algorithm off (twisted.web's HTTP
+    channel and client turn it off), so a response's last small segment is
+    not held back; so has the hub's end of a consumer connection.
     """
     import socket
 
     service = await running_hub.add_worker(echo_path)
     (slot,) = running_hub.pool.slots
-    hub_side = slot.transport.getHandle()
-    assert hub_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
     (client,) = service.factories[0].clients
-    worker_side = client.transport.getHandle()
-    assert worker_side.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+    consumer = socket.create_connection(("127.0.0.1", running_hub.consumer_port), timeout=5)
+    try:
+        await wait_for(lambda: running_hub.consumer_transports(), what="the consumer connection")
+        (consumer_side,) = running_hub.consumer_transports()
+        for sock in (slot.transport.getHandle(), client.transport.getHandle(),
+                     consumer_side.getHandle()):
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        consumer.close()
