@@ -425,6 +425,7 @@ class Pothead(System):
             "-n", "--pidfile=", "-l", "-", "pothead-hub",
             "--consumer", f"tcp:{self.front}:interface={HOST}",
             "--worker", f"tcp:{wport}:interface={HOST}",
+            "--access-log", str(self.workdir / "access.log"),
         ] + hub_limit_options(twistd), cwd=REPO)
         wait_port(wport, 30, hub)
         wait_port(self.front, 30, hub)

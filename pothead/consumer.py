@@ -13,6 +13,7 @@ from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
+from pothead.access_log import BufferedLogFile
 from pothead.address import host_port
 from pothead.attach import keep_alive
 from pothead.job import Job
@@ -193,6 +194,16 @@ class JobResource(Resource):
         return NOT_DONE_YET
 
 
+class ConsumerSite(Site):
+    """
+    The consumers' Site, whose access log file, if it has one, is written
+    in blocks rather than a line at a time.
+    """
+
+    def _openLogFile(self, path: str) -> BufferedLogFile:
+        return BufferedLogFile(path, self.reactor)
+
+
 #: ``--access-log`` value that turns the access log off.
 NO_ACCESS_LOG = "none"
 
@@ -207,11 +218,11 @@ def consumer_site(
     :param clock: the hub's clock, for queue times and timeouts.
     :param limits: what consumers may send, and how long they may wait.
     :param access_log: where the access log goes (combined log format):
-        L{None} for the twistd log, a path for a file of its own (cheaper
-        per request, rotated by size like twistd's), or C{"none"}.
+        L{None} for the twistd log, a path for a file of its own (written
+        in blocks, so cheaper per request), or C{"none"}.
     """
     log_path = None if access_log in (None, NO_ACCESS_LOG) else access_log
-    site = Site(
+    site = ConsumerSite(
         JobResource(pool, clock, limits),
         requestFactory=ConsumerRequest,
         reactor=clock,

@@ -47,8 +47,9 @@ class Options(usage.Options):
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
         ["access-log", None, None,
-         "File for the access log in combined log format, or 'none' "
-         "(default: the twistd log)."],
+         "File for the access log in combined log format, written in 64 KiB "
+         "blocks at most a second late (cheaper per request), or 'none' "
+         "(default: the twistd log, a line at a time)."],
     ] + [
         [option, None, default, help, kind]
         for option, default, help, kind in [
