@@ -77,7 +77,7 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self._successor: Protocol | None = None
 
     def connectionMade(self) -> None:
-        keep_alive(self.transport)
+        tune_tcp(self.transport)
         self.setTimeout(self.quiet_timeout or self.timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -150,13 +150,16 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
             self._successor.connectionLost(reason)
 
 
-def keep_alive(transport) -> None:
+def tune_tcp(transport) -> None:
     """
     Turn on TCP keepalive, so that a peer that vanished without a word (a
-    dead host, a dropped NAT mapping) is noticed on an idle connection.
+    dead host, a dropped NAT mapping) is noticed on an idle connection; and
+    turn off Nagle's algorithm, so that the last small segment of a message
+    is never held back waiting for the peer's delayed ACK.
     """
     if ITCPTransport.providedBy(transport):
         transport.setTcpKeepAlive(True)
+        transport.setTcpNoDelay(True)
 
 
 def attach_request(

@@ -15,7 +15,8 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from pothead.access_log import BufferedLogFile
 from pothead.address import host_port
-from pothead.attach import keep_alive
+from pothead.attach import tune_tcp
+from pothead.client import InvalidRequest
 from pothead.job import Job
 from pothead.limits import Limits
 from pothead.pool import Pool
@@ -71,7 +72,7 @@ class ConsumerChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        keep_alive(self.transport)
+        tune_tcp(self.transport)
 
     def dataReceived(self, data: bytes) -> None:
         # The head's deadline runs from its first byte, so that a request
@@ -190,7 +191,12 @@ class JobResource(Resource):
             # answered 400; a worker must not have to guess which one counts.
             request.channel.refuse(400, "several Host headers")
             return NOT_DONE_YET
-        Job(request, self._pool, self._clock, self._limits).queue()
+        try:
+            job = Job(request, self._pool, self._clock, self._limits)
+        except InvalidRequest as error:
+            request.channel.refuse(400, str(error))
+            return NOT_DONE_YET
+        job.queue()
         return NOT_DONE_YET
 
 

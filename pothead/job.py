@@ -10,21 +10,17 @@ answer the consumer itself when no worker can.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.internet.protocol import Protocol
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
-from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from twisted.web.server import Request as ConsumerRequest
 
 from pothead.address import host_port
 from pothead.body import BufferedBody, body_size
-from pothead.client import Request
+from pothead.client import ResponseHead, request_head
 from pothead.headers import HOP_BY_HOP, add_forwarded, end_to_end
 from pothead.limits import Limits
 
@@ -36,9 +32,6 @@ if TYPE_CHECKING:
 IDEMPOTENT = frozenset(
     {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"}
 )
-
-#: Status codes whose responses never carry a body, so no length either.
-_NO_BODY = (204, 304)
 
 _log = Logger()
 
@@ -52,6 +45,12 @@ class Job:
         signal.
     :ivar slot: the slot serving it now, or L{None} while queued.
     :ivar gone: whether the consumer disconnected before its answer was done.
+    :ivar responding: whether a worker's response is being relayed.
+    :ivar head: the request head to send to a worker, as bytes.
+    :ivar body: the request body to send after it, if any.
+
+    :raise pothead.client.InvalidRequest: if the request cannot be sent to
+        a worker as it is.
     """
 
     def __init__(
@@ -69,11 +68,17 @@ class Job:
         self.handed_back = 0
         self.slot: Slot | None = None
         self.gone = False
-        self._outbound_headers = self._forwarded_headers(request)
+        self.responding = False
         length = body_size(request.content)
-        self._body = None
+        self.body = None
         if length or _declares_body(request):
-            self._body = BufferedBody(request.content, length)
+            self.body = BufferedBody(request.content, length)
+        self.head = request_head(
+            request.method,
+            request.uri,
+            self._forwarded_headers(request),
+            None if self.body is None else length,
+        )
         request.notifyFinish().addErrback(self._consumer_lost)
 
     @property
@@ -101,19 +106,6 @@ class Job:
             headers, getattr(peer, "host", "unix"), proto, host[0] if host else None
         )
         return headers
-
-    def outbound(self) -> Request:
-        """
-        The HTTP/1.1 request to send to a worker for this job, fresh for
-        every attempt.
-        """
-        return Request(
-            self.request.method,
-            self.request.uri,
-            self._outbound_headers,
-            self._body,
-            persistent=True,
-        )
 
     def queue(self) -> None:
         """
@@ -213,24 +205,56 @@ class Job:
             )
             self.slot.abort()
 
-    def relay(self, response: IResponse, done: Callable[[Failure], None]) -> None:
+    def respond(self, head: ResponseHead, worker: IPushProducer) -> None:
         """
-        Send the worker's response to the consumer: status, reason phrase,
-        every end-to-end header, then the body as it arrives.
+        Start the consumer's response with the worker's status, reason
+        phrase and every end-to-end header; the body follows through
+        L{relay_body}.
 
-        :param response: the worker's response, body not yet delivered.
-        :param done: called with the reason the body ended.
+        :param worker: the worker's connection, paused while the consumer
+            reads more slowly than the worker writes, so the hub's memory
+            stays flat whatever the body's size.
         """
         request = self.request
         self._settle()
         if self.gone or request.finished:
-            response.deliverBody(Discard(done))
             return
-        request.setResponseCode(response.code, response.phrase)
+        self.responding = True
+        request.setResponseCode(head.code, head.phrase)
         request.responseHeaders = _relayed_headers(
-            response, request.responseHeaders.getRawHeaders(b"connection")
+            head, request.responseHeaders.getRawHeaders(b"connection")
         )
-        response.deliverBody(_BodyRelay(self, done))
+        request.registerProducer(worker, True)
+
+    def relay_body(self, data: bytes) -> None:
+        """
+        Pass on a piece of the worker's response body.
+        """
+        if self.responding and not self.gone:
+            self.request.write(data)
+
+    def response_done(self) -> None:
+        """
+        The worker's response is complete: so is the consumer's.
+        """
+        if self.responding and not self.gone:
+            self.responding = False
+            self.request.unregisterProducer()
+            self.request.finish()
+
+    def response_broke(self, why: str) -> None:
+        """
+        The worker's response broke off: cut the consumer off too, so that
+        a truncated body never looks complete.
+        """
+        if self.responding and not self.gone:
+            self.responding = False
+            self.request.unregisterProducer()
+            _log.warn(
+                "worker response to {request} broke off: {why}; consumer {peer} cut off",
+                request=self.what, why=why, peer=self.peer,
+            )
+            self.abort()
 
     def answer(
         self, code: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
@@ -265,85 +289,31 @@ class Job:
         self.request.channel.transport.abortConnection()
 
 
-class _BodyRelay(Protocol):
-    """
-    Stream a worker's response body to the consumer.
-
-    The worker connection is registered as the producer on the consumer's
-    connection, so a slow consumer pauses reading from the worker and the
-    hub's memory stays flat whatever the body's size.
-    """
-
-    def __init__(self, job: Job, done: Callable[[Failure], None]) -> None:
-        self._job = job
-        self._done = done
-
-    def connectionMade(self) -> None:
-        if not self._job.gone:
-            self._job.request.registerProducer(self.transport, True)
-
-    def dataReceived(self, data: bytes) -> None:
-        self._job.request.write(data)
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        job = self._job
-        if not job.gone:
-            job.request.unregisterProducer()
-            if reason.check(ResponseDone, PotentialDataLoss):
-                job.request.finish()
-            else:
-                _log.warn(
-                    "worker response to {request} broke off: {why}; consumer {peer} cut off",
-                    request=job.what,
-                    why=reason.getErrorMessage(),
-                    peer=job.peer,
-                )
-                job.abort()
-        self._done(reason)
-
-
-class Discard(Protocol):
-    """
-    Read and drop a response body nobody will see.
-    """
-
-    def __init__(self, done: Callable[[Failure], None]) -> None:
-        self._done = done
-
-    def connectionLost(self, reason: Failure = None) -> None:
-        self._done(reason)
-
-
-def _relayed_headers(response: IResponse, connection: list[bytes] | None) -> Headers:
+def _relayed_headers(head: ResponseHead, connection: list[bytes] | None) -> Headers:
     """
     The headers the consumer gets, built in one pass: the worker's
-    end-to-end headers in the worker's order, its ``Content-Length`` back
-    where it stood, and first the ``Connection`` header twisted.web set for
-    this consumer, where twisted.web puts it when it serves an app itself.
+    end-to-end headers in the worker's order, its ``Content-Length`` where
+    it stood, and first the ``Connection`` header twisted.web set for this
+    consumer, where twisted.web puts it when it serves an app itself.
 
     ``Content-Length`` is passed on whenever the worker sent one and the
     body was not chunked: for a HEAD, 204 or 304 it describes the
     representation, otherwise it equals the body's length.
 
-    :param response: the worker's response, seen through
-        L{pothead.client.watch_response}.
     :param connection: the consumer connection's own Connection values.
     """
-    length = getattr(response, "content_length", None)
-    if response.length is UNKNOWN_LENGTH and response.code not in _NO_BODY:
-        length = None
-    after = getattr(response, "content_length_after", 0)
+    length = head.content_length
     headers = Headers()
     if connection:
         headers.setRawHeaders(b"Connection", connection)
-    for index, (name, values) in enumerate(response.headers.getAllRawHeaders()):
-        if index == after and length is not None:
-            headers.setRawHeaders(b"Content-Length", [length])
-            length = None
-        if name.lower() not in HOP_BY_HOP:
-            headers.setRawHeaders(name, values)
-    if length is not None:
-        headers.setRawHeaders(b"Content-Length", [length])
+    for name, value in head.headers:
+        lower = name.lower()
+        if lower == b"content-length":
+            if length is not None:
+                headers.setRawHeaders(b"Content-Length", [length])
+                length = None
+        elif lower not in HOP_BY_HOP:
+            headers.addRawHeader(name, value)
     return headers
 
 

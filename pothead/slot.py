@@ -14,17 +14,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.iweb import IResponse
 
-from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER
-from pothead.client import (
-    HTTP11ClientProtocol,
-    RequestTransmissionFailed,
-    ResponseNeverReceived,
-    wants_close,
-    watch_response,
-)
-from pothead.job import Discard, Job
+from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER, tune_tcp
+from pothead.client import BadResponse, ResponseHead, ResponseParser
+from pothead.job import Job
 from pothead.pool import Pool
 
 #: How many requeue signals one job may collect before the hub answers 503
@@ -34,13 +27,13 @@ MAX_REQUEUE_SIGNALS = 20
 _log = Logger()
 
 
-def is_requeue_signal(response: IResponse) -> bool:
+def is_requeue_signal(head: ResponseHead) -> bool:
     """
     Whether a worker answered "not processed": status 503 with
     C{Pothead-Requeue: 1}.
     """
-    values = response.headers.getRawHeaders(REQUEUE_HEADER, [b""])
-    return response.code == 503 and values[0].strip() == b"1"
+    values = head.values(REQUEUE_HEADER.lower())
+    return head.code == 503 and bool(values) and values[0].strip() == b"1"
 
 
 class Slot(Protocol):
@@ -59,32 +52,36 @@ class Slot(Protocol):
         self.pool = pool
         self.worker = worker
         self.job: Job | None = None
-        self._client = HTTP11ClientProtocol(self._quiescent)
         self._waiting: Deferred[Job] | None = None
-        self._reusable = False
-        self._leftover = b""
+        self._parser: ResponseParser | None = None
+        self._keep_alive = False
+        self._handing_back = False
+        self._uploading = False
         self._closing = False
 
     def __repr__(self) -> str:
         return f"<Slot {self.worker} pool={self.pool.name}>"
 
     def connectionMade(self) -> None:
-        self._client.makeConnection(self.transport)
+        # Tuned again for a legacy worker's connection, which has no attach.
+        tune_tcp(self.transport)
         self.pool.slots.add(self)
         self._take_next()
 
     def dataReceived(self, data: bytes) -> None:
-        if self.job is None:
+        if self._parser is None:
             self._unsolicited(data)
             return
-        self._client.dataReceived(data)
+        try:
+            self._parser.feed(data)
+        except BadResponse as error:
+            self._bad_response(str(error))
 
     def _unsolicited(self, data: bytes) -> None:
         """
         Bytes from the worker when no request is pending: a draining
         worker's detach notice, or garbage.  The slot ends either way.
         """
-        self._reusable = False
         if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
             _log.info("worker {worker} detached", worker=self.worker)
             self._close()
@@ -96,11 +93,6 @@ class Slot(Protocol):
         )
         self._close(abort=True)
 
-    def _leftover_received(self, data: bytes) -> None:
-        # Read together with the end of a response; judged once that
-        # response is done, as if it had arrived on its own.
-        self._leftover += data
-
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected = False
         self.pool.slots.discard(self)
@@ -110,7 +102,14 @@ class Slot(Protocol):
         if self._waiting is not None:
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
-        self._client.connectionLost(reason)
+        parser, job = self._parser, self.job
+        if parser is None or job is None or parser.connection_lost():
+            return
+        self._parser = self.job = None
+        if self._handing_back:
+            self._hand_back(job)
+        else:
+            self._failed(job, reason.getErrorMessage(), never_started=not parser.started)
 
     def abort(self) -> None:
         """
@@ -131,7 +130,6 @@ class Slot(Protocol):
             self.transport.loseConnection()
 
     def _take_next(self) -> None:
-        self._reusable = False
         self._waiting = self.pool.get()
         self._waiting.addCallbacks(self._serve, _ignore_cancel)
 
@@ -141,47 +139,90 @@ class Slot(Protocol):
             self._take_next()
             return
         self.job = job
+        self._handing_back = False
+        self._parser = ResponseParser(job.method, self._head, self._body, self._done)
         job.taken(self)
-        requested = self._client.request(job.outbound())
-        watch_response(self._client, self._leftover_received)
-        requested.addCallbacks(
-            self._response, self._failed, callbackArgs=(job,), errbackArgs=(job,)
-        )
+        self.transport.write(job.head)
+        if job.body is not None:
+            self._upload(job.body)
 
-    def _quiescent(self, client: HTTP11ClientProtocol) -> None:
-        # Twisted calls this before the body protocol learns the response
-        # is done; the next request is sent from _finished, after that.
-        if self.single_use or wants_close(client):
+    def _upload(self, body) -> None:
+        """
+        Send a request body, paused while the worker's connection is full;
+        the slot is not reused if the worker answers before it is all sent.
+        """
+        self._uploading = True
+        self.transport.registerProducer(body, True)
+
+        def sent(result: object) -> None:
+            self._uploading = False
+            if self.connected:
+                self.transport.unregisterProducer()
+
+        # A body cut short by a lost connection is that connection's
+        # failure, reported by connectionLost.
+        body.startProducing(self.transport).addCallbacks(sent, lambda reason: None)
+
+    # The response, as the parser hands it on.
+
+    def _head(self, head: ResponseHead) -> None:
+        self._keep_alive = head.keep_alive
+        if is_requeue_signal(head):
+            self._handing_back = True
+            return
+        self.job.respond(head, self.transport)
+
+    def _body(self, data: bytes) -> None:
+        if not self._handing_back:
+            self.job.relay_body(data)
+
+    def _done(self, rest: bytes) -> None:
+        job = self.job
+        self._parser = self.job = None
+        reusable = (
+            self._keep_alive and not self.single_use and not self._uploading
+            and not self._handing_back
+        )
+        if self._handing_back:
+            self._hand_back(job)
+        else:
+            job.response_done()
+        if self._closing or not self.connected:
+            return
+        if rest:
+            self._unsolicited(rest)
+        elif not reusable:
             self._close()
         else:
-            self._reusable = True
+            # The consumer may have paused this connection; the next
+            # response must be read whatever happened to this one.
+            self.transport.resumeProducing()
+            self._take_next()
 
-    def _response(self, response: IResponse, job: Job) -> None:
-        if is_requeue_signal(response):
-            response.deliverBody(Discard(lambda reason: self._handed_back(job)))
-            return
-        job.relay(response, lambda reason: self._finished(job))
-
-    def _handed_back(self, job: Job) -> None:
+    def _hand_back(self, job: Job) -> None:
         # A worker that hands a job back is not ready for another: close
         # this slot, and let the worker reattach when it is.
-        self._reusable = False
-        self._close()
+        if not self._closing and self.connected:
+            self._close()
         job.handed_back += 1
         if job.gone or job.request.finished:
-            pass
-        elif job.handed_back > MAX_REQUEUE_SIGNALS:
+            return
+        if job.handed_back > MAX_REQUEUE_SIGNALS:
             job.unavailable(f"handed back by workers {job.handed_back} times")
         else:
             _log.info("worker {worker} handed back {request}", worker=self.worker, request=job.what)
             job.requeue()
-        self._finished(job)
 
-    def _failed(self, reason: Failure, job: Job) -> None:
-        never_started = reason.check(ResponseNeverReceived, RequestTransmissionFailed)
+    def _bad_response(self, why: str) -> None:
+        job = self.job
+        self._parser = self.job = None
+        self._close(abort=True)
+        self._failed(job, f"malformed response: {why}", never_started=False)
+
+    def _failed(self, job: Job, why: str, never_started: bool) -> None:
         if job.gone or job.request.finished:
-            pass
-        elif never_started and job.idempotent and job.lost_workers < job.limits.retries:
+            return
+        if never_started and job.idempotent and job.lost_workers < job.limits.retries:
             job.lost_workers += 1
             _log.info(
                 "worker {worker} lost before answering {request} from {peer}; requeued",
@@ -190,39 +231,21 @@ class Slot(Protocol):
                 peer=job.peer,
             )
             job.requeue()
+        elif job.responding:
+            job.response_broke(f"worker {self.worker}: {why}")
         else:
             _log.warn(
                 "worker {worker} failed {request} from {peer}: {why}; answering 502",
                 worker=self.worker,
                 request=job.what,
                 peer=job.peer,
-                why=_describe(reason),
+                why=why,
             )
             job.answer(502, "The worker failed to answer this request.")
-        self._finished(job)
-
-    def _finished(self, job: Job | None) -> None:
-        if self.job is job:
-            self.job = None
-        if self._leftover:
-            leftover, self._leftover = self._leftover, b""
-            self._unsolicited(leftover)
-        elif self._reusable and self.connected:
-            self._take_next()
 
 
 def _ignore_cancel(reason: Failure) -> None:
     reason.trap(CancelledError)
-
-
-def _describe(reason: Failure) -> str:
-    """
-    The innermost reasons of a wrapped Twisted client failure, readable.
-    """
-    inner = getattr(reason.value, "reasons", None)
-    if inner:
-        return "; ".join(_describe(r) for r in inner)
-    return f"{reason.type.__name__}: {reason.getErrorMessage()}"
 
 
 class LegacySlot(Slot):

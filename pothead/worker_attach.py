@@ -24,7 +24,7 @@ from pothead.attach import (
     HeadReceiver,
     attach_request,
     header_tokens,
-    keep_alive,
+    tune_tcp,
 )
 
 _log = Logger()
@@ -85,7 +85,7 @@ class AttachClient(HeadReceiver):
         # The handshake timeout starts with attach(), not with the connect.
         self.connected_now = True
         self.factory.clients.add(self)
-        keep_alive(self.transport)
+        tune_tcp(self.transport)
 
     def prepare(self) -> Deferred[None]:
         """

@@ -1,172 +1,194 @@
 """
-Pins the behaviour of Twisted's private HTTP/1.1 client that the hub's
-slots rely on (see pothead/client.py).  If a Twisted upgrade changes any of
-it, these tests fail before the hub misbehaves.
+The hub's side of HTTP/1.1 on a slot (pothead/client.py): the request's
+bytes, and the parser for a worker's response, fed whole and a byte at a
+time.
 """
 
 from __future__ import annotations
 
-from twisted.internet.error import ConnectionDone
-from twisted.internet.protocol import Protocol
-from twisted.internet.testing import StringTransport
-from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
+import pytest
 from twisted.web.http_headers import Headers
 
 from pothead.client import (
-    HTTP11ClientProtocol,
-    Request,
-    ResponseFailed,
-    ResponseNeverReceived,
-    wants_close,
+    MAX_HEAD,
+    BadResponse,
+    InvalidRequest,
+    ResponseParser,
+    request_head,
 )
 
 
-class Recorder(Protocol):
-    def __init__(self, events):
-        self.events = events
-        self.data = b""
-
-    def dataReceived(self, data):
-        self.data += data
-
-    def connectionLost(self, reason=None):
-        self.events.append(("body done", reason.type))
-
-
-def connected_client(events):
-    client = HTTP11ClientProtocol(lambda c: events.append(("quiescent", c.state)))
-    transport = StringTransport()
-    client.makeConnection(transport)
-    return client, transport
-
-
-def send(client, method=b"GET"):
-    request = Request(method, b"/", Headers({b"Host": [b"w"]}), None, persistent=True)
-    results = []
-    client.request(request).addBoth(results.append)
-    return results
-
-
-def test_quiescent_before_body_done():
+class Parsed:
     """
-    The quiescent callback runs before the body protocol learns the
-    response is complete, with the client already able to send again.
+    What a L{ResponseParser} handed on.
     """
-    events = []
-    client, transport = connected_client(events)
-    results = send(client)
-    client.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n")
-    body = Recorder(events)
-    results[0].deliverBody(body)
-    client.dataReceived(b"ok")
-    assert events == [("quiescent", "QUIESCENT"), ("body done", ResponseDone)]
-    assert body.data == b"ok"
+
+    def __init__(self, method: bytes = b"GET") -> None:
+        self.heads: list = []
+        self.body = b""
+        self.rest: list[bytes] = []
+        self.parser = ResponseParser(method, self.heads.append, self._body, self.rest.append)
+
+    def _body(self, data: bytes) -> None:
+        assert self.heads and not self.rest, "body outside the response"
+        self.body += data
+
+    @property
+    def head(self):
+        (head,) = self.heads
+        return head
+
+    @property
+    def done(self) -> bool:
+        return bool(self.rest)
 
 
-def test_connection_close_is_not_quiescent():
+def parse(data: bytes, method: bytes = b"GET", trickle: bool = False) -> Parsed:
+    parsed = Parsed(method)
+    pieces = [data[i : i + 1] for i in range(len(data))] if trickle else [data]
+    for piece in pieces:
+        if parsed.done:
+            parsed.rest[-1] += piece
+        else:
+            parsed.parser.feed(piece)
+    return parsed
+
+
+# Request heads.
+
+
+def test_request_head_framing():
     """
-    A response with Connection: close closes the connection and never
-    calls the quiescent callback.
+    Request line, Content-Length first when there is a body, then every
+    header in order, repeated ones included.
     """
-    events = []
-    client, transport = connected_client(events)
-    results = send(client)
-    client.dataReceived(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")
-    results[0].deliverBody(Recorder(events))
-    assert events == [("body done", ResponseDone)]
-    assert transport.disconnecting
-
-
-def test_lost_before_any_byte():
-    """
-    A connection lost before any response byte fails with
-    ResponseNeverReceived.
-    """
-    client, transport = connected_client([])
-    results = send(client)
-    client.connectionLost(Failure(ConnectionDone()))
-    assert results[0].check(ResponseNeverReceived)
-
-
-def test_lost_mid_head_and_malformed():
-    """
-    A connection lost inside the head, or a malformed status line, fails
-    with ResponseFailed that is not ResponseNeverReceived.
-    """
-    client, _ = connected_client([])
-    results = send(client)
-    client.dataReceived(b"HTTP/1.1 200 OK\r\nContent-")
-    client.connectionLost(Failure(ConnectionDone()))
-    assert results[0].check(ResponseFailed) and not results[0].check(ResponseNeverReceived)
-
-    client, transport = connected_client([])
-    results = send(client)
-    client.dataReceived(b"garbage garbage\r\n\r\n")
-    client.connectionLost(Failure(ConnectionDone()))
-    assert results[0].check(ResponseFailed) and not results[0].check(ResponseNeverReceived)
-
-
-def test_content_length_is_length_except_for_head():
-    """
-    A GET response's Content-Length is response.length, not a header; a
-    HEAD response keeps it as a header.
-    """
-    client, _ = connected_client([])
-    results = send(client)
-    client.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: 1\r\n\r\n")
-    response = results[0]
-    assert response.length == 5
-    assert response.headers.getRawHeaders(b"content-length") is None
-    response.deliverBody(Recorder([]))
-    client.dataReceived(b"12345")
-
-    results = send(client, b"HEAD")
-    client.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n")
-    assert results[0].headers.getRawHeaders(b"content-length") == [b"7"]
-
-
-def test_request_framing():
-    """
-    A request is written with exactly its headers, in order, and a body
-    producer's length as Content-Length.
-    """
-    from io import BytesIO
-
-    from pothead.body import BufferedBody
-
-    client, transport = connected_client([])
     headers = Headers()
     headers.addRawHeader(b"Host", b"w")
     headers.addRawHeader(b"X-Dup", b"1")
     headers.addRawHeader(b"X-Dup", b"2")
-    request = Request(b"PATCH", b"/p?q=%20", headers, BufferedBody(BytesIO(b"abc"), 3), persistent=True)
-    client.request(request)
-    assert transport.value() == (
+    assert request_head(b"PATCH", b"/p?q=%20", headers, 3) == (
         b"PATCH /p?q=%20 HTTP/1.1\r\nContent-Length: 3\r\nHost: w\r\n"
-        b"X-Dup: 1\r\nX-Dup: 2\r\n\r\nabc"
+        b"X-Dup: 1\r\nX-Dup: 2\r\n\r\n"
+    )
+    host = Headers({b"Host": [b"w"]})
+    assert request_head(b"GET", b"/", host, None) == b"GET / HTTP/1.1\r\nHost: w\r\n\r\n"
+    assert request_head(b"POST", b"/", host, None) == (
+        b"POST / HTTP/1.1\r\nContent-Length: 0\r\nHost: w\r\n\r\n"
     )
 
 
-def quiescent_verdicts(head: bytes) -> list[bool]:
-    verdicts = []
-    client = HTTP11ClientProtocol(lambda c: verdicts.append(wants_close(c)))
-    client.makeConnection(StringTransport())
-    results = send(client)
-    client.dataReceived(head)
-    results[0].deliverBody(Recorder([]))
-    return verdicts
+@pytest.mark.parametrize(
+    "method, target",
+    [(b"GE T", b"/"), (b"G\x00", b"/"), (b"", b"/"), (b"GET", b"/a b"), (b"GET", b"/\xff"),
+     (b"GET", b"/\r\nX: y"), (b"GET", b"")],
+)
+def test_request_that_cannot_be_sent_is_refused(method, target):
+    with pytest.raises(InvalidRequest):
+        request_head(method, target, Headers(), None)
 
 
-def test_wants_close_reads_every_form_of_close():
-    """
-    wants_close sees a close Twisted's client would miss, and only then.
-    """
-    assert quiescent_verdicts(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n") == [False]
-    assert quiescent_verdicts(
-        b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 0\r\n\r\n"
-    ) == [True]
-    assert quiescent_verdicts(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n") == [True]
-    assert quiescent_verdicts(
-        b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n"
-    ) == [False]
+# Responses: framing.
+
+FRAMED = [
+    # (response bytes, method, code, body, content_length, keep_alive)
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok", b"GET", 200, b"ok", b"2", True),
+    (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
+     b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n", b"POST", 201, b"abcde", None, True),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA\nabcdefghij\n0\n\n",
+     b"GET", 200, b"abcdefghij", None, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", b"HEAD", 200, b"", b"7", True),
+    (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: x\r\n\r\n", b"GET", 304, b"",
+     b"7", True),
+    (b"HTTP/1.1 204 No Content\r\n\r\n", b"DELETE", 204, b"", None, True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"GET", 200, b"", b"0", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc", b"GET", 200,
+     b"abc", b"3", True),
+    (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 1\r\n\r\nx", b"GET",
+     200, b"x", b"1", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", b"GET", 200, b"x", b"1", False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx", b"GET", 200,
+     b"x", b"1", True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
+     b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", b"POST", 200, b"x", b"1", True),
+    (b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx", b"GET", 200, b"x", b"1", True),
+]
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["whole", "byte-at-a-time"])
+@pytest.mark.parametrize("data, method, code, body, length, keep_alive", FRAMED)
+def test_response_framing(data, method, code, body, length, keep_alive, trickle):
+    parsed = parse(data + b"NEXT", method, trickle)
+    assert (parsed.head.code, parsed.body, parsed.head.content_length) == (code, body, length)
+    assert parsed.head.keep_alive is keep_alive
+    assert parsed.rest == [b"NEXT"]
+
+
+def test_head_keeps_every_header_in_order_and_folds_continuations():
+    parsed = parse(
+        b"HTTP/1.1 404 Not  Here\r\nX-B: 2\r\nx-a:  1 \r\nX-B: 3\r\nX-Long: a\r\n  b\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    head = parsed.head
+    assert (head.version, head.code, head.phrase) == ((1, 1), 404, b"Not  Here")
+    assert head.headers == [
+        (b"X-B", b"2"), (b"x-a", b"1"), (b"X-B", b"3"), (b"X-Long", b"a b"),
+        (b"Content-Length", b"0"),
+    ]
+    assert parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").head.phrase == b""
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"HTTP/1.1 200 OK\r\n\r\nuntil close",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nuntil close",
+    ],
+)
+def test_body_without_length_is_read_until_close(data):
+    parsed = parse(data)
+    assert parsed.head.keep_alive is False and parsed.head.content_length is None
+    assert (parsed.body, parsed.done) == (b"until close", False)
+    assert parsed.parser.connection_lost() is True
+    assert parsed.rest == [b""]
+
+
+def test_connection_lost_before_any_byte_or_mid_response():
+    parsed = Parsed()
+    assert (parsed.parser.connection_lost(), parsed.parser.started) == (False, False)
+    for partial in (b"HTTP/1.1 200 OK\r\nContent-", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
+                    b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab"):
+        parsed = parse(partial)
+        assert (parsed.parser.connection_lost(), parsed.parser.started) == (False, True)
+        assert not parsed.done
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"garbage garbage\r\n\r\n",
+        b"HTTP/1.1 2000 OK\r\n\r\n",
+        b"HTTP/x.1 200 OK\r\n\r\n",
+        b"HTTP/1.1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nNo colon here\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX-Space : 1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\n folded first\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0x10\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nabcde\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+    ],
+)
+def test_malformed_response_is_refused(data):
+    with pytest.raises(BadResponse):
+        parse(data)
+
+
+def test_oversized_head_is_refused_before_it_ends():
+    parsed = Parsed()
+    parsed.parser.feed(b"HTTP/1.1 200 OK\r\n")
+    with pytest.raises(BadResponse):
+        for _ in range(MAX_HEAD // 1000 + 2):
+            parsed.parser.feed(b"X-Pad: " + b"p" * 991 + b"\r\n")

@@ -115,8 +115,7 @@ async def test_slots_bound_concurrency(running_hub):
 async def test_tcp_keepalive_and_nodelay_on_hub_and_worker_sockets(running_hub):
     """
     Both ends of a slot have TCP keepalive on, so a peer that vanished
-    silently is noticed, and Nagle's algorithm off (twisted.web's HTTP
-    channel and client turn it off), so a response's last small segment is
+    silently is noticed, and Nagle's algorithm off, so a response's last small segment is
     not held back; so has the hub's end of a consumer connection.
     """
     import socket
