@@ -285,6 +285,8 @@ async def raw(running_hub, data: bytes) -> bytes:
         (b"GET / HTTP/1.1\r\nHost: h\r\n" + b"X-Big: " + b"b" * 70_000 + b"\r\n\r\n", b"431"),
         (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 99999999999\r\n\r\n", b"413"),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
+        (b"GET /caf\xe9 HTTP/1.1\r\nHost: h\r\n\r\n", b"400"),
+        (b"GET /a\x7fb HTTP/1.1\r\nHost: h\r\n\r\n", b"400"),
     ],
 )
 @pytest_twisted.ensureDeferred
