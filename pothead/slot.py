@@ -99,9 +99,7 @@ class Slot(Protocol):
         if not self._closing:
             _log.info("worker {worker} {state} disconnected: {why}", worker=self.worker,
                       state="busy" if self.job else "idle", why=reason.getErrorMessage())
-        if self._waiting is not None:
-            waiting, self._waiting = self._waiting, None
-            waiting.cancel()
+        self._leave_line()
         parser, job = self._parser, self.job
         if parser is None or job is None or parser.connection_lost():
             return
@@ -122,12 +120,20 @@ class Slot(Protocol):
     def _close(self, abort: bool = False) -> None:
         """
         End this slot from the hub's side (so its end is not news to log).
+        It takes no job from now on: one it took while its connection was
+        closing would find no worker there.
         """
         self._closing = True
+        self._leave_line()
         if abort:
             self.transport.abortConnection()
         else:
             self.transport.loseConnection()
+
+    def _leave_line(self) -> None:
+        if self._waiting is not None:
+            waiting, self._waiting = self._waiting, None
+            waiting.cancel()
 
     def _take_next(self) -> None:
         self._waiting = self.pool.get()
