@@ -9,6 +9,7 @@ from functools import partial
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
@@ -44,6 +45,9 @@ class ConsumerRequest(Request):
     defaultContentType = None
     _body_received = 0
 
+    #: The job made of this request, once it has been queued.
+    job: Job | None = None
+
     def handleContentChunk(self, data: bytes) -> None:
         # A Content-Length body was checked before it started; a chunked
         # one can only be checked as it arrives.
@@ -52,6 +56,13 @@ class ConsumerRequest(Request):
             self.channel.refuse(413, "request body over the limit")
             return
         super().handleContentChunk(data)
+
+    def connectionLost(self, reason: Failure) -> None:
+        # Told here rather than through notifyFinish(): a Deferred per
+        # queued job is memory the queue does not need.
+        super().connectionLost(reason)
+        if self.job is not None:
+            self.job.consumer_lost()
 
 
 class ConsumerChannel(HTTPChannel):
@@ -74,16 +85,24 @@ class ConsumerChannel(HTTPChannel):
         super().connectionMade()
         tune_tcp(self.transport)
 
+    #: Whether a request head has begun and not ended.
+    _in_head = False
+
     def dataReceived(self, data: bytes) -> None:
-        # The head's deadline runs from its first byte, so that a request
-        # line trickled a byte at a time is bounded too.
-        if self._deadline is None and not self.requests:
-            self._set_deadline(self.limits.header_timeout, "request head")
         super().dataReceived(data)
+        # The head's deadline runs from its first byte (this reactor turn),
+        # so that a request line trickled a byte at a time is bounded too.
+        # A head that arrived whole in this read needs no timer at all.
+        if self._deadline is None and self._head_unfinished():
+            self._set_deadline(self.limits.header_timeout, "request head")
+
+    def _head_unfinished(self) -> bool:
+        if not self.line_mode or self.transport.disconnecting:
+            return False
+        return self._in_head or (not self.requests and bool(self._buffer))
 
     def lineReceived(self, line: bytes) -> None:
-        if self._deadline is None:
-            self._set_deadline(self.limits.header_timeout, "request head")
+        self._in_head = True
         if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
             self._refuse_head()
             return
@@ -93,6 +112,7 @@ class ConsumerChannel(HTTPChannel):
         self._refuse_head()
 
     def allHeadersReceived(self) -> None:
+        self._in_head = False
         self._clear_deadline()
         if self.length is not None and self.length > self.limits.max_body_bytes:
             # Refused before Twisted reads the body or sends 100 Continue.
@@ -192,11 +212,11 @@ class JobResource(Resource):
             request.channel.refuse(400, "several Host headers")
             return NOT_DONE_YET
         try:
-            job = Job(request, self._pool, self._clock, self._limits)
+            request.job = Job(request, self._pool, self._clock, self._limits)
         except InvalidRequest as error:
             request.channel.refuse(400, str(error))
             return NOT_DONE_YET
-        job.queue()
+        request.job.queue()
         return NOT_DONE_YET
 
 

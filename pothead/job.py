@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 from twisted.web.server import Request as ConsumerRequest
 
@@ -53,6 +52,12 @@ class Job:
         a worker as it is.
     """
 
+    # Thousands may wait in a queue at once: no instance dictionaries.
+    __slots__ = (
+        "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
+        "lost_workers", "handed_back", "slot", "gone", "responding", "body", "head",
+    )
+
     def __init__(
         self, request: ConsumerRequest, pool: Pool, clock: IReactorTime, limits: Limits
     ) -> None:
@@ -79,7 +84,6 @@ class Job:
             self._forwarded_headers(request),
             None if self.body is None else length,
         )
-        request.notifyFinish().addErrback(self._consumer_lost)
 
     @property
     def method(self) -> bytes:
@@ -188,10 +192,14 @@ class Job:
         """The consumer's address, for log lines."""
         return host_port(self.request.getClientAddress())
 
-    def _consumer_lost(self, reason: Failure) -> None:
-        # Queued: leave the line, so no worker ever sees this request.
-        # Being served: drop that worker connection, so the rest of the
-        # response can never reach the next job's consumer.
+    def consumer_lost(self) -> None:
+        """
+        The consumer's connection closed before its answer was complete.
+
+        Queued, the job leaves the line, so no worker ever sees it; being
+        served, the worker connection is dropped, so the rest of the
+        response can never reach the next job's consumer.
+        """
         self.gone = True
         self._settle()
         if self.slot is None:

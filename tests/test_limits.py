@@ -278,6 +278,47 @@ def test_detach_notice_read_with_last_response():
     assert harness.pool.queued == 1
 
 
+def test_detach_notice_on_an_idle_slot():
+    """
+    A detach notice on an idle slot ends it at once: a job that arrives
+    before the connection is actually closed waits for another worker
+    instead of being sent down the closing connection (where a POST would
+    end as a 502).
+    """
+    from pothead.attach import DETACH_NOTICE
+
+    harness = HubHarness()
+    slot, worker_transport = harness.worker()
+    assert harness.pool.idle == 1
+    slot.dataReceived(DETACH_NOTICE)
+    assert worker_transport.disconnecting and harness.pool.idle == 0
+    harness.consumer(b"POST /next HTTP/1.1\r\nHost: hub\r\nContent-Length: 1\r\n\r\nx")
+    assert worker_transport.value() == b""
+    assert harness.pool.queued == 1
+
+
+def test_head_read_whole_arms_no_receive_timer():
+    """
+    A request head that arrives in one read needs no head deadline: no
+    timer is created for it (thousands of queued consumers would each
+    leave a cancelled one behind).
+    """
+    harness = HubHarness(header_timeout=5, queue_timeout=1000, request_timeout=1000)
+    channel, _ = harness.consumer()
+    armed: list[float] = []
+    call_later = harness.clock.callLater
+
+    def counting_call_later(delay, *args, **kwargs):
+        armed.append(delay)
+        return call_later(delay, *args, **kwargs)
+
+    harness.clock.callLater = channel.callLater = counting_call_later
+    channel.dataReceived(GET)
+    # The job's queue timer, and no head deadline.
+    assert armed == [1000]
+    assert harness.pool.queued == 1
+
+
 def test_pause_mid_body_bounded_by_body_timeout_not_idle_timeout():
     """
     A consumer that pauses longer than Twisted's 60 s idle timeout in the
