@@ -38,7 +38,7 @@ HOST = "127.0.0.1"
 sys.path.insert(0, str(HERE))
 import loadgen  # noqa: E402
 
-SYSTEMS = ["direct", "haproxy", "roundrobin", "pothead"]
+SYSTEMS = ["direct", "container", "haproxy", "roundrobin", "pothead"]
 MEASUREMENTS = ["scheduling", "overhead", "throughput", "short", "bigbody", "memory"]
 
 # -- settings ----------------------------------------------------------------
@@ -283,6 +283,27 @@ class Direct(System):
         return self
 
 
+class Container(System):
+    """
+    pothead's worker container (the Site its slots serve, N threads) on a
+    port of its own, no hub: pothead's overhead minus this is the hub's.
+    """
+
+    name = "container"
+
+    def start(self):
+        port = free_port()
+        proc = self._spawn("container", [
+            PY, str(HERE / "container.py"), str(port), "--threads", str(self.slots),
+            "--app-dir", str(HERE),
+        ], cwd=REPO)
+        wait_port(port, 30, proc)
+        probe(port)
+        self.front = port
+        self.rss_pids = {"container": proc.pid}
+        return self
+
+
 class HAProxy(System):
     name = "haproxy"
 
@@ -451,7 +472,8 @@ class Pothead(System):
         return self
 
 
-SYSTEM_CLASSES = {"direct": Direct, "haproxy": HAProxy, "roundrobin": RoundRobin, "pothead": Pothead}
+SYSTEM_CLASSES = {"direct": Direct, "container": Container, "haproxy": HAProxy,
+                  "roundrobin": RoundRobin, "pothead": Pothead}
 
 # -- helpers -----------------------------------------------------------------
 
@@ -743,7 +765,7 @@ def run_suite(args) -> dict:
         for name, cls in available.items():
             run[name] = {}
             latency_ms = [m for m in ("scheduling", "overhead", "throughput", "short")
-                          if m in measurements and not (m == "scheduling" and name == "direct")]
+                          if m in measurements and not (m == "scheduling" and name in ("direct", "container"))]
             groups = []
             if latency_ms:
                 groups.append((latency_ms, cfg["slots"]))
@@ -1103,15 +1125,15 @@ def ratios(s, cfg) -> list[str]:
                 parts.append(f"{key} {row['p99_ms'] / orow['p99_ms']:.2f}")
         if parts:
             out.append(f"p99 pothead/{other}: " + ", ".join(parts) + "  (<1 = pothead faster)")
-    for other in ("haproxy", "roundrobin", "direct"):
+    for other in ("haproxy", "roundrobin", "direct", "container"):
         o = s.get(other, {})
         if "throughput" in p and "throughput" in o:
             out.append(f"throughput pothead/{other}: {p['throughput']['rps'] / o['throughput']['rps']:.2f}")
-    for other in ("haproxy", "roundrobin", "direct"):
+    for other in ("haproxy", "roundrobin", "direct", "container"):
         o = s.get(other, {})
         if "short" in p and "short" in o:
             out.append(f"short jobs pothead/{other}: {p['short']['ratio'] / o['short']['ratio']:.2f}")
-    for other in ("haproxy", "roundrobin"):
+    for other in ("haproxy", "roundrobin", "container"):
         o = s.get(other, {})
         for ka in ("keepalive", "close"):
             pr, orow = p.get("overhead", {}).get(ka), o.get("overhead", {}).get(ka)

@@ -1,0 +1,45 @@
+"""
+pothead's worker container without the hub: the app served on a plain TCP
+port by the very Site a pothead worker's slots use (twisted.web,
+FlowControlledWSGIResource, a thread pool of N threads).
+
+The ``container`` system of the suite: what pothead would cost if the hub
+cost nothing, so that pothead's overhead splits into the container's (the
+price of hosting an app through twisted.web.wsgi) and the hub's.
+
+    python container.py PORT --threads N [--app app:app] [--app-dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from twisted.internet import reactor
+from twisted.python.threadpool import ThreadPool
+
+from pothead.worker import worker_site
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    parser.add_argument("port", type=int)
+    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--app", default="app:app")
+    parser.add_argument("--app-dir", default=None)
+    args = parser.parse_args()
+    if args.app_dir:
+        sys.path.insert(0, args.app_dir)
+    module, _, attr = args.app.partition(":")
+    app = getattr(importlib.import_module(module), attr)
+    pool = ThreadPool(args.threads, args.threads, name="container")
+    pool.start()
+    reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
+    reactor.listenTCP(args.port, worker_site(reactor, pool, app), interface="127.0.0.1")
+    print(f"container listening on 127.0.0.1:{args.port}", flush=True)
+    reactor.run()
+
+
+if __name__ == "__main__":
+    main()
