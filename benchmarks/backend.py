@@ -256,17 +256,23 @@ class Server:
         return keep, body.leftover()
 
 
+def load_app(spec: str, app_dir: str | None):
+    """
+    The WSGI app named C{module:attribute}, imported from C{app_dir} first.
+    """
+    if app_dir:
+        sys.path.insert(0, app_dir)
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("port", type=int)
     parser.add_argument("--app", default="app:app")
     parser.add_argument("--app-dir", default=None)
     args = parser.parse_args()
-    if args.app_dir:
-        sys.path.insert(0, args.app_dir)
-    module, _, attr = args.app.partition(":")
-    app = getattr(importlib.import_module(module), attr)
-    server = Server(args.port, app)
+    server = Server(args.port, load_app(args.app, args.app_dir))
 
     def stop(signum, frame):
         # Exit even from inside a long /sleep.

@@ -13,9 +13,8 @@ price of hosting an app through twisted.web.wsgi) and the hub's.
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 
+from backend import load_app
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
@@ -29,10 +28,7 @@ def main() -> None:
     parser.add_argument("--app", default="app:app")
     parser.add_argument("--app-dir", default=None)
     args = parser.parse_args()
-    if args.app_dir:
-        sys.path.insert(0, args.app_dir)
-    module, _, attr = args.app.partition(":")
-    app = getattr(importlib.import_module(module), attr)
+    app = load_app(args.app, args.app_dir)
     pool = ThreadPool(args.threads, args.threads, name="container")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)

@@ -239,16 +239,24 @@ class ResponseParser:
 
     # The body.
 
-    def _fixed_body(self, data: bytes) -> None:
+    def _counted(self, data: bytes) -> bytes | None:
+        """
+        Pass on the body bytes still counted in C{_remaining}; once they
+        are all in, return what follows them.
+        """
         if len(data) < self._remaining:
             self._remaining -= len(data)
             self._on_body(data)
-            return
+            return None
         piece, rest = data[: self._remaining], data[self._remaining :]
         self._remaining = 0
-        if piece:
-            self._on_body(piece)
-        self._complete(rest)
+        self._on_body(piece)
+        return rest
+
+    def _fixed_body(self, data: bytes) -> None:
+        rest = self._counted(data)
+        if rest is not None:
+            self._complete(rest)
 
     def _until_close(self, data: bytes) -> None:
         self._on_body(data)
@@ -276,13 +284,9 @@ class ResponseParser:
             self._feed(rest)
 
     def _chunk_data(self, data: bytes) -> None:
-        if len(data) < self._remaining:
-            self._remaining -= len(data)
-            self._on_body(data)
+        rest = self._counted(data)
+        if rest is None:
             return
-        piece, rest = data[: self._remaining], data[self._remaining :]
-        self._remaining = 0
-        self._on_body(piece)
         self._feed = self._chunk_end
         if rest:
             self._feed(rest)
