@@ -261,16 +261,26 @@ class ResponseParser:
     def _until_close(self, data: bytes) -> None:
         self._on_body(data)
 
-    def _chunk_size(self, data: bytes) -> None:
+    def _line(self, data: bytes, what: str) -> tuple[bytes, bytes] | None:
+        """
+        The next line, without its line end, and the bytes after it; or
+        L{None} while the line is incomplete (kept for the next read).
+        """
         buffer = self._buffer + data if self._buffer else data
         newline = buffer.find(b"\n")
         if newline < 0:
             if len(buffer) > MAX_LINE:
-                raise BadResponse("chunk size line too long")
+                raise BadResponse(f"{what} too long")
             self._buffer = buffer
-            return
+            return None
         self._buffer = b""
-        line, rest = buffer[:newline].rstrip(b"\r"), buffer[newline + 1 :]
+        return buffer[:newline].rstrip(b"\r"), buffer[newline + 1 :]
+
+    def _chunk_size(self, data: bytes) -> None:
+        got = self._line(data, "chunk size line")
+        if got is None:
+            return
+        line, rest = got
         match = _CHUNK_SIZE.match(line)
         if match is None:
             raise BadResponse(f"invalid chunk size line {line[:40]!r}")
@@ -310,18 +320,13 @@ class ResponseParser:
     def _trailer(self, data: bytes) -> None:
         # Trailer fields are dropped: the consumer's response is chunked by
         # twisted.web, which sends none.
-        buffer = self._buffer + data if self._buffer else data
         while True:
-            newline = buffer.find(b"\n")
-            if newline < 0:
-                if len(buffer) > MAX_LINE:
-                    raise BadResponse("trailer line too long")
-                self._buffer = buffer
+            got = self._line(data, "trailer line")
+            if got is None:
                 return
-            line, buffer = buffer[:newline].rstrip(b"\r"), buffer[newline + 1 :]
+            line, data = got
             if not line:
-                self._buffer = b""
-                self._complete(buffer)
+                self._complete(data)
                 return
 
 
