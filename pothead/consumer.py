@@ -253,6 +253,10 @@ def consumer_site(
         requestFactory=ConsumerRequest,
         reactor=clock,
         logPath=log_path,
+        # A proxy passes a form upload on as it is: Twisted would read the
+        # whole body into memory to parse it, and refuse a multipart body
+        # it cannot parse with a 400 of its own.
+        parsePOSTFormSubmission=False,
     )
     if access_log == NO_ACCESS_LOG:
         site.log = _ignore

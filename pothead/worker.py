@@ -120,6 +120,10 @@ def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:
     site = Site(
         FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app))),
         timeout=None,
+        # The app reads its own form uploads from wsgi.input; Twisted would
+        # parse them first, in memory, and answer 400 to a multipart body
+        # it cannot parse before the app sees it.
+        parsePOSTFormSubmission=False,
     )
     site.protocol = WorkerChannel
     return site

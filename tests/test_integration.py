@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 
@@ -133,3 +134,36 @@ async def test_tcp_keepalive_and_nodelay_on_hub_and_worker_sockets(running_hub):
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         consumer.close()
+
+
+def echo_body(environ, start_response):
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    body = environ["wsgi.input"].read(length)
+    start_response("200 OK", [("Content-Type", environ.get("CONTENT_TYPE", "")),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    "content_type, body",
+    [
+        (b"multipart/form-data; boundary=xyz", b"no boundary line here"),
+        (b"multipart/form-data; boundary=b", b"--b\r\nContent-Disposition: form-data; "
+         b"name=\"f\"\r\n\r\nvalue\r\n--b--\r\n"),
+        (b"application/x-www-form-urlencoded", b"a=1&b=%ZZ&&=x"),
+    ],
+    ids=["malformed-multipart", "multipart", "urlencoded"],
+)
+async def test_form_bodies_reach_the_app_untouched(running_hub, content_type, body):
+    """
+    Neither the hub nor the worker parses a form upload for itself (Twisted
+    does by default: the whole body in memory, and a 400 of its own for a
+    multipart body it cannot parse); the app gets the bytes the consumer
+    sent and answers as it would anywhere else.
+    """
+    await running_hub.add_worker(echo_body)
+    response, echoed = await fetch(
+        "POST", running_hub.url + "/form", data=body, headers={b"Content-Type": [content_type]}
+    )
+    assert (response.code, echoed) == (200, body)
