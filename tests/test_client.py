@@ -192,3 +192,42 @@ def test_oversized_head_is_refused_before_it_ends():
     with pytest.raises(BadResponse):
         for _ in range(MAX_HEAD // 1000 + 2):
             parsed.parser.feed(b"X-Pad: " + b"p" * 991 + b"\r\n")
+
+
+def test_mutated_responses_fail_only_as_bad_responses():
+    """
+    Thousands of seeded mutations of valid responses, split at random
+    points: the parser either parses them or raises BadResponse, never
+    anything a slot would not expect.
+    """
+    import random
+
+    seeds = [data for data, *_ in FRAMED]
+    alphabet = b"HTTP/1.0 2345 :\r\n\t;,-0123456789abcdefxyzCKLT"
+    inserts = [b"\r\n", b"\n", b"\r\n\r\n", b"0\r\n", b"Transfer-Encoding: chunked\r\n",
+               b"Content-Length: 99999999999999999999\r\n"]
+    rng = random.Random(4)
+    outcomes = {"parsed": 0, "refused": 0}
+    for _ in range(5000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 6)):
+            pos = rng.randrange(len(data) + 1)
+            choice = rng.random()
+            if choice < 0.4:
+                del data[pos : pos + rng.randint(1, 4)]
+            elif choice < 0.8:
+                data[pos:pos] = bytes(rng.choice(alphabet) for _ in range(rng.randint(1, 4)))
+            else:
+                data[pos:pos] = rng.choice(inserts)
+        parsed = Parsed(rng.choice([b"GET", b"HEAD", b"POST"]))
+        cut = rng.randrange(len(data) + 1)
+        try:
+            for piece in (bytes(data[:cut]), bytes(data[cut:])):
+                if piece and not parsed.parser.finished:
+                    parsed.parser.feed(piece)
+            parsed.parser.connection_lost()
+        except BadResponse:
+            outcomes["refused"] += 1
+        else:
+            outcomes["parsed"] += 1
+    assert min(outcomes.values()) > 500, outcomes
