@@ -40,7 +40,7 @@ class Hub:
         limits: Limits | None = None,
         access_log: str | None = None,
     ) -> None:
-        self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL)}
+        self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL, clock)}
         self.limits = limits or Limits()
         self.access_log = access_log
         self._clock = clock

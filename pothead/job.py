@@ -47,6 +47,8 @@ class Job:
     :ivar responding: whether a worker's response is being relayed.
     :ivar head: the request head to send to a worker, as bytes.
     :ivar body: the request body to send after it, if any.
+    :ivar queued_until: when it must leave the queue, while it is queued.
+    :ivar requeued: whether it was put back at the head of the queue.
 
     :raise pothead.client.InvalidRequest: if the request cannot be sent to
         a worker as it is.
@@ -56,6 +58,7 @@ class Job:
     __slots__ = (
         "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
         "lost_workers", "handed_back", "slot", "gone", "responding", "body", "head",
+        "queued_until", "requeued",
     )
 
     def __init__(
@@ -65,10 +68,12 @@ class Job:
         self.pool = pool
         self._clock = clock
         self.limits = limits
-        # One timer per job, set to whichever deadline comes first: the
-        # queue timeout while it waits, the request timeout after that.
+        # While queued, the pool's timer watches queued_until; once a slot
+        # has the job, its own timer watches the request deadline.
         self._request_deadline = clock.seconds() + limits.request_timeout
         self._timer: IDelayedCall | None = None
+        self.queued_until = self._request_deadline
+        self.requeued = False
         self.lost_workers = 0
         self.handed_back = 0
         self.slot: Slot | None = None
@@ -126,6 +131,8 @@ class Job:
         Go back to the head of the pool's queue, unprocessed.
         """
         self.slot = None
+        self.requeued = True
+        self._settle()
         self._wait_in_line()
         self.pool.put_first(self)
 
@@ -134,35 +141,36 @@ class Job:
         A slot has taken this job out of the queue to serve it.
         """
         self.slot = slot
-        self._arm(self._request_deadline)
+        delay = max(0.0, self._request_deadline - self._clock.seconds())
+        self._timer = self._clock.callLater(delay, self._no_response)
 
     def _wait_in_line(self) -> None:
         waited_enough = self._clock.seconds() + self.limits.queue_timeout
-        self._arm(min(waited_enough, self._request_deadline))
+        self.queued_until = min(waited_enough, self._request_deadline)
 
-    def _arm(self, deadline: float) -> None:
-        delay = max(0.0, deadline - self._clock.seconds())
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(delay)
-        else:
-            self._timer = self._clock.callLater(delay, self._expired)
-
-    def _expired(self) -> None:
-        self._timer = None
-        if self.slot is None and self._clock.seconds() < self._request_deadline:
-            self.pool.discard(self)
+    def waited_too_long(self) -> None:
+        """
+        The pool took this job out of its queue at its C{queued_until}:
+        answer 503 if it waited the queue timeout, 504 if its request
+        timeout came first.
+        """
+        if self._clock.seconds() < self._request_deadline:
             self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker")
-            return
+        else:
+            self._too_late()
+
+    def _no_response(self) -> None:
+        self._timer = None
+        # The worker may still be busy with it; drop that connection so a
+        # late answer can never reach anyone.
+        self.slot.abort()
+        self._too_late()
+
+    def _too_late(self) -> None:
         why = f"no response within {self.limits.request_timeout:g}s"
         _log.warn(
             "{request} from {peer}: 504, {why}", request=self.what, peer=self.peer, why=why,
         )
-        if self.slot is None:
-            self.pool.discard(self)
-        else:
-            # The worker may still be busy with it; drop that connection so
-            # a late answer can never reach anyone.
-            self.slot.abort()
         self.answer(504, "The worker did not answer in time.")
 
     def unavailable(self, why: str) -> None:

@@ -26,8 +26,8 @@ def hub_connection(token=None):
     A worker-port protocol on a fresh in-memory transport, with its pool
     and clock.
     """
-    pool = Pool("default")
     clock = Clock()
+    pool = Pool("default", clock)
     factory = WorkerPortFactory({"default": pool}, TokenCheck(token), ATTACH_TIMEOUT, clock)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
@@ -175,7 +175,8 @@ def test_silent_connection_waits_for_quiet_timeout():
     kept until the quiet timeout; from its first byte, the attach timeout
     applies.
     """
-    pool, clock = Pool("default"), Clock()
+    clock = Clock()
+    pool = Pool("default", clock)
     factory = WorkerPortFactory({"default": pool}, TokenCheck(None), ATTACH_TIMEOUT, clock, 100.0)
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))

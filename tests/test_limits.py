@@ -104,6 +104,52 @@ def test_request_timeout_while_queued_is_504():
     assert harness.pool.queued == 0
 
 
+def test_one_timer_watches_the_whole_queue():
+    """
+    However many jobs wait, the pool keeps one timer for them, set for the
+    first one due; they still leave one by one at their own deadlines.
+    """
+    harness = HubHarness(queue_timeout=5)
+    transports = []
+    for _ in range(50):
+        transports.append(harness.consumer(GET)[1])
+        harness.clock.advance(0.01)
+    expiries = [c for c in harness.clock.getDelayedCalls() if "_expire" in repr(c.func)]
+    assert len(expiries) == 1 and harness.pool.queued == 50
+    # Job i joined at i * 0.01 s: at 5.245 s the first 25 are due.
+    harness.clock.advance(5.245 - 0.5)
+    assert [bool(t.value()) for t in transports] == [True] * 25 + [False] * 25
+    assert harness.pool.queued == 25
+    harness.clock.advance(0.5)
+    assert all(status(t) == b"HTTP/1.1 503 Service Unavailable" for t in transports)
+    assert harness.pool.queued == 0
+    assert not [c for c in harness.clock.getDelayedCalls() if "_expire" in repr(c.func)]
+
+
+def test_job_put_back_at_the_head_does_not_shield_those_behind_it():
+    """
+    A job a worker handed back goes to the head of the queue with a fresh
+    queue timeout; the jobs behind it, due earlier, still leave on time.
+    """
+    harness = HubHarness(queue_timeout=10)
+    slot, worker_transport = harness.worker()
+    _, first = harness.consumer(GET)
+    assert worker_transport.value().startswith(b"GET /job")
+    harness.clock.advance(1)
+    _, second = harness.consumer(GET)
+    harness.clock.advance(7)
+    slot.dataReceived(
+        b"HTTP/1.1 503 Service Unavailable\r\nPothead-Requeue: 1\r\nContent-Length: 0\r\n\r\n"
+    )
+    assert harness.pool.queued == 2
+    harness.clock.advance(3.1)
+    assert status(second) == b"HTTP/1.1 503 Service Unavailable"
+    assert first.value() == b"" and harness.pool.queued == 1
+    harness.clock.advance(7)
+    assert status(first) == b"HTTP/1.1 503 Service Unavailable"
+    assert harness.pool.queued == 0
+
+
 def test_request_timeout_while_served_drops_worker():
     """
     A worker that has not answered by the request timeout: the consumer
