@@ -22,8 +22,6 @@ from __future__ import annotations
 import re
 from typing import Callable
 
-from twisted.web.http_headers import Headers
-
 #: A request method is an HTTP token (RFC 9110 section 5.6.2).
 _TOKEN = re.compile(rb"\A[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 
@@ -52,7 +50,7 @@ class BadResponse(ValueError):
 
 
 def request_head(
-    method: bytes, target: bytes, headers: Headers, body_length: int | None
+    method: bytes, target: bytes, headers: dict[bytes, list[bytes]], body_length: int | None
 ) -> bytes:
     """
     The head of the request a worker is sent: request line,
@@ -70,7 +68,7 @@ def request_head(
         lines.append(b"Content-Length: %d\r\n" % (body_length,))
     elif method in (b"PUT", b"POST"):
         lines.append(b"Content-Length: 0\r\n")
-    for name, values in headers.getAllRawHeaders():
+    for name, values in headers.items():
         for value in values:
             lines.append(name + b": " + value + b"\r\n")
     lines.append(b"\r\n")

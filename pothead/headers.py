@@ -43,43 +43,45 @@ def _connection_tokens(headers: Headers) -> set[bytes]:
     return tokens
 
 
-def end_to_end(headers: Headers) -> Headers:
+def forwarded_headers(
+    headers: Headers,
+    client_ip: str,
+    proto: bytes,
+    host: bytes | None,
+    own_host: bytes | None,
+) -> dict[bytes, list[bytes]]:
     """
-    Copy C{headers} without the hop-by-hop ones.
-
-    :param headers: headers as received on one connection.
-    :return: a new L{Headers} fit to send on the other connection.
-    """
-    dropped = HOP_BY_HOP | _connection_tokens(headers)
-    copy = Headers()
-    for name, values in headers.getAllRawHeaders():
-        if name.lower() not in dropped:
-            copy.setRawHeaders(name, list(values))
-    return copy
-
-
-def add_forwarded(
-    headers: Headers, client_ip: str, proto: bytes, host: bytes | None
-) -> None:
-    """
-    Add the de-facto C{X-Forwarded-*} headers for the worker.
+    The headers a worker is sent for a consumer's request, in one pass:
+    every end-to-end header in order (names as twisted.web canonicalised
+    them), a ``Host`` if the consumer sent none, and the de-facto
+    ``X-Forwarded-*`` headers.
 
     ``X-Forwarded-For`` is appended to, so that a chain of proxies stays
     visible; ``-Proto`` and ``-Host`` describe the hop the hub received,
-    and replace whatever the consumer sent.
+    and replace whatever the consumer sent.  A header the hub sets keeps
+    the consumer's header's place, or goes last.
 
-    :param headers: the request headers being sent to the worker.
+    :param headers: the consumer's request headers.
     :param client_ip: the consumer's address as the hub saw it.
     :param proto: ``b"http"`` or ``b"https"``.
     :param host: the consumer's ``Host`` header, if it sent one.
+    :param own_host: the hub's own address, the ``Host`` of a request
+        without one (needed only then).
     """
-    forwarded_for = headers.getRawHeaders(b"x-forwarded-for")
+    dropped = HOP_BY_HOP | _connection_tokens(headers)
+    kept = {
+        name: values
+        for name, values in headers.getAllRawHeaders()
+        if name.lower() not in dropped
+    }
+    if host is None and own_host is not None:
+        kept[b"Host"] = [own_host]
     ip = client_ip.encode("ascii")
-    if forwarded_for:
-        ip = b", ".join(forwarded_for) + b", " + ip
-    headers.setRawHeaders(b"X-Forwarded-For", [ip])
-    headers.setRawHeaders(b"X-Forwarded-Proto", [proto])
+    forwarded_for = kept.get(b"X-Forwarded-For")
+    kept[b"X-Forwarded-For"] = [b", ".join(forwarded_for) + b", " + ip if forwarded_for else ip]
+    kept[b"X-Forwarded-Proto"] = [proto]
     if host is not None:
-        headers.setRawHeaders(b"X-Forwarded-Host", [host])
+        kept[b"X-Forwarded-Host"] = [host]
     else:
-        headers.removeHeader(b"x-forwarded-host")
+        kept.pop(b"X-Forwarded-Host", None)
+    return kept

@@ -20,7 +20,7 @@ from twisted.web.server import Request as ConsumerRequest
 from pothead.address import host_port
 from pothead.body import BufferedBody, body_size
 from pothead.client import ResponseHead, request_head
-from pothead.headers import HOP_BY_HOP, add_forwarded, end_to_end
+from pothead.headers import HOP_BY_HOP, forwarded_headers
 from pothead.limits import Limits
 
 if TYPE_CHECKING:
@@ -104,17 +104,16 @@ class Job:
         return self.request.method in IDEMPOTENT
 
     @staticmethod
-    def _forwarded_headers(request: ConsumerRequest):
-        headers = end_to_end(request.requestHeaders)
+    def _forwarded_headers(request: ConsumerRequest) -> dict[bytes, list[bytes]]:
         host = request.requestHeaders.getRawHeaders(b"host")
-        if not host:
-            headers.setRawHeaders(b"Host", [host_port(request.getHost(), unix="localhost").encode()])
-        proto = b"https" if request.isSecure() else b"http"
         peer = request.getClientAddress()
-        add_forwarded(
-            headers, getattr(peer, "host", "unix"), proto, host[0] if host else None
+        return forwarded_headers(
+            request.requestHeaders,
+            getattr(peer, "host", "unix"),
+            b"https" if request.isSecure() else b"http",
+            host[0] if host else None,
+            None if host else host_port(request.getHost(), unix="localhost").encode(),
         )
-        return headers
 
     def queue(self) -> None:
         """

@@ -7,7 +7,6 @@ time.
 from __future__ import annotations
 
 import pytest
-from twisted.web.http_headers import Headers
 
 from pothead.client import (
     MAX_HEAD,
@@ -62,15 +61,12 @@ def test_request_head_framing():
     Request line, Content-Length first when there is a body, then every
     header in order, repeated ones included.
     """
-    headers = Headers()
-    headers.addRawHeader(b"Host", b"w")
-    headers.addRawHeader(b"X-Dup", b"1")
-    headers.addRawHeader(b"X-Dup", b"2")
+    headers = {b"Host": [b"w"], b"X-Dup": [b"1", b"2"]}
     assert request_head(b"PATCH", b"/p?q=%20", headers, 3) == (
         b"PATCH /p?q=%20 HTTP/1.1\r\nContent-Length: 3\r\nHost: w\r\n"
         b"X-Dup: 1\r\nX-Dup: 2\r\n\r\n"
     )
-    host = Headers({b"Host": [b"w"]})
+    host = {b"Host": [b"w"]}
     assert request_head(b"GET", b"/", host, None) == b"GET / HTTP/1.1\r\nHost: w\r\n\r\n"
     assert request_head(b"POST", b"/", host, None) == (
         b"POST / HTTP/1.1\r\nContent-Length: 0\r\nHost: w\r\n\r\n"
@@ -84,7 +80,7 @@ def test_request_head_framing():
 )
 def test_request_that_cannot_be_sent_is_refused(method, target):
     with pytest.raises(InvalidRequest):
-        request_head(method, target, Headers(), None)
+        request_head(method, target, {}, None)
 
 
 # Responses: framing.

@@ -4,16 +4,22 @@ Header rewriting between consumer and worker.
 
 from twisted.web.http_headers import Headers
 
-from pothead.headers import add_forwarded, end_to_end
+from pothead.headers import forwarded_headers
 
 
-def test_end_to_end_drops_hop_by_hop_and_connection_listed():
+def consumer_headers(*pairs: tuple[bytes, bytes]) -> Headers:
+    headers = Headers()
+    for name, value in pairs:
+        headers.addRawHeader(name, value)
+    return headers
+
+
+def test_hop_by_hop_and_connection_listed_headers_dropped():
     """
     Hop-by-hop headers, and any header the Connection header names, are not
     forwarded; everything else is, repeated values in order.
     """
-    headers = Headers()
-    for name, value in [
+    headers = consumer_headers(
         (b"Connection", b"keep-alive, X-Private"),
         (b"Keep-Alive", b"timeout=5"),
         (b"X-Private", b"secret"),
@@ -25,32 +31,47 @@ def test_end_to_end_drops_hop_by_hop_and_connection_listed():
         (b"Cookie", b"a=1"),
         (b"Cookie", b"b=2"),
         (b"Host", b"example.com"),
-    ]:
-        headers.addRawHeader(name, value)
-    kept = end_to_end(headers)
-    assert dict(kept.getAllRawHeaders()) == {
-        b"Cookie": [b"a=1", b"b=2"],
-        b"Host": [b"example.com"],
-    }
+    )
+    kept = forwarded_headers(headers, "127.0.0.2", b"http", b"example.com", None)
+    assert list(kept.items()) == [
+        (b"Cookie", [b"a=1", b"b=2"]),
+        (b"Host", [b"example.com"]),
+        (b"X-Forwarded-For", [b"127.0.0.2"]),
+        (b"X-Forwarded-Proto", [b"http"]),
+        (b"X-Forwarded-Host", [b"example.com"]),
+    ]
 
 
-def test_forwarded_headers_added():
+def test_forwarded_headers_replace_in_place_and_append():
     """
     X-Forwarded-For gets the consumer's address appended; -Proto and -Host
-    describe the hop the hub received.
+    describe the hop the hub received, in the place the consumer's stood.
     """
-    headers = Headers({b"X-Forwarded-For": [b"10.0.0.1"], b"X-Forwarded-Host": [b"evil"]})
-    add_forwarded(headers, "127.0.0.2", b"https", b"example.com:8080")
-    assert headers.getRawHeaders(b"x-forwarded-for") == [b"10.0.0.1, 127.0.0.2"]
-    assert headers.getRawHeaders(b"x-forwarded-proto") == [b"https"]
-    assert headers.getRawHeaders(b"x-forwarded-host") == [b"example.com:8080"]
+    headers = consumer_headers(
+        (b"X-Forwarded-Host", b"evil"),
+        (b"X-Forwarded-For", b"10.0.0.1"),
+        (b"X-Forwarded-For", b"10.0.0.3"),
+        (b"Accept", b"*/*"),
+    )
+    kept = forwarded_headers(headers, "127.0.0.2", b"https", b"example.com:8080", None)
+    assert list(kept.items()) == [
+        (b"X-Forwarded-Host", [b"example.com:8080"]),
+        (b"X-Forwarded-For", [b"10.0.0.1, 10.0.0.3, 127.0.0.2"]),
+        (b"Accept", [b"*/*"]),
+        (b"X-Forwarded-Proto", [b"https"]),
+    ]
+    assert headers.getRawHeaders(b"x-forwarded-for") == [b"10.0.0.1", b"10.0.0.3"]
 
 
-def test_forwarded_host_removed_without_host():
+def test_request_without_host_gets_the_hubs_and_no_forwarded_host():
     """
-    A consumer that sent no Host gets no X-Forwarded-Host, not a forged one.
+    A consumer that sent no Host (HTTP/1.0) gets the hub's own address as
+    Host, and no X-Forwarded-Host, not a forged one.
     """
-    headers = Headers({b"X-Forwarded-Host": [b"evil"]})
-    add_forwarded(headers, "127.0.0.1", b"http", None)
-    assert headers.getRawHeaders(b"x-forwarded-host") is None
-    assert headers.getRawHeaders(b"x-forwarded-for") == [b"127.0.0.1"]
+    headers = consumer_headers((b"X-Forwarded-Host", b"evil"))
+    kept = forwarded_headers(headers, "127.0.0.1", b"http", None, b"127.0.0.1:8080")
+    assert kept == {
+        b"Host": [b"127.0.0.1:8080"],
+        b"X-Forwarded-For": [b"127.0.0.1"],
+        b"X-Forwarded-Proto": [b"http"],
+    }
