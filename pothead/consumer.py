@@ -75,6 +75,9 @@ class ConsumerChannel(HTTPChannel):
     trickle a request for as long as it sends a byte a minute.
     """
 
+    #: Whether a request head has begun and not ended.
+    _in_head = False
+
     def __init__(self, limits: Limits) -> None:
         super().__init__()
         self.limits = limits
@@ -84,9 +87,6 @@ class ConsumerChannel(HTTPChannel):
     def connectionMade(self) -> None:
         super().connectionMade()
         tune_tcp(self.transport)
-
-    #: Whether a request head has begun and not ended.
-    _in_head = False
 
     def dataReceived(self, data: bytes) -> None:
         super().dataReceived(data)

@@ -16,6 +16,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER, tune_tcp
+from pothead.body import BufferedBody
 from pothead.client import BadResponse, ResponseHead, ResponseParser
 from pothead.job import Job
 from pothead.pool import Pool
@@ -152,11 +153,15 @@ class Slot(Protocol):
         if job.body is not None:
             self._upload(job.body)
 
-    def _upload(self, body) -> None:
+    def _upload(self, body: BufferedBody) -> None:
         """
-        Send a request body, paused while the worker's connection is full;
-        the slot is not reused if the worker answers before it is all sent.
+        Send a request body: a small one at once, a larger one paused while
+        the worker's connection is full.  The slot is not reused if the
+        worker answers before the body is all sent.
         """
+        sending = body.startProducing(self.transport)
+        if sending.called:
+            return
         self._uploading = True
         self.transport.registerProducer(body, True)
 
@@ -167,7 +172,7 @@ class Slot(Protocol):
 
         # A body cut short by a lost connection is that connection's
         # failure, reported by connectionLost.
-        body.startProducing(self.transport).addCallbacks(sent, lambda reason: None)
+        sending.addCallbacks(sent, lambda reason: None)
 
     # The response, as the parser hands it on.
 
