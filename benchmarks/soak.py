@@ -134,7 +134,7 @@ def main() -> int:
         )
         worker = None
         try:
-            port = int(wait_line(hub_log, r"Site starting on (\d+)").group(1))
+            port = int(wait_line(hub_log, r"ConsumerFactory starting on (\d+)").group(1))
             worker_port = int(wait_line(hub_log, r"WorkerPortFactory starting on (\d+)").group(1))
             worker = start(
                 args.python, worker_log, "pothead-worker", "--app", "app:app",

@@ -1,5 +1,6 @@
 """
-The hub's access log in a file of its own, written in blocks.
+The hub's access log: a line per answered request, to the twistd log or
+to a file of its own, written in blocks.
 
 twisted.web opens an access log file line-buffered: one ``write`` system
 call per request, which on the hub's per-request path costs about as much
@@ -10,7 +11,14 @@ or when the hub stops, like nginx's ``access_log ... buffer= flush=``.
 
 from __future__ import annotations
 
+import time
+from typing import TYPE_CHECKING, Callable
+
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+if TYPE_CHECKING:
+    from pothead.consumer import ConsumerRequest
 
 #: Bytes of log lines held in memory at most before they are written.
 BUFFER_BYTES = 64 * 1024
@@ -57,3 +65,90 @@ class BufferedLogFile:
         """
         self.flush()
         self._file.close()
+
+
+class AccessLog:
+    """
+    One line per answered request, in the combined log format twisted.web
+    and most log tools read: client address, time, request line, status,
+    body bytes sent, referrer and user agent.
+
+    :param write: called with each line, or L{None} for no log at all.
+    :param close: called when the hub stops.
+    """
+
+    def __init__(
+        self, write: Callable[[str], None] | None, close: Callable[[], None] = lambda: None
+    ) -> None:
+        self._write = write
+        self.close = close
+        self._second = -1
+        self._stamp = ""
+
+    @classmethod
+    def open(cls, where: str | None, clock: IReactorTime) -> AccessLog:
+        """
+        The access log ``--access-log`` asks for: L{None} for the twistd
+        log, C{"none"} for none, or a file's path.
+        """
+        if where == NO_ACCESS_LOG:
+            return cls(None)
+        if where is None:
+            return cls(_to_twistd_log)
+        file = BufferedLogFile(where, clock)
+        return cls(file.write, file.close)
+
+    def record(self, request: ConsumerRequest) -> None:
+        """
+        Log C{request}, whose response is complete.
+        """
+        if self._write is None:
+            return
+        head = request.head
+        referrer = agent = b"-"
+        for name, value in head.fields:
+            lower = name.lower()
+            if lower == b"referer":
+                referrer = value
+            elif lower == b"user-agent":
+                agent = value
+        self._write(
+            '"%s" - - %s "%s %s %s" %d %s "%s" "%s"\n' % (
+                getattr(request.client_address(), "host", "-") or "-",
+                self._timestamp(),
+                _escape(head.method),
+                _escape(head.target),
+                head.version.decode("ascii"),
+                request.code,
+                request.sent or "-",
+                _escape(referrer),
+                _escape(agent),
+            )
+        )
+
+    def _timestamp(self) -> str:
+        now = time.time()
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            self._stamp = time.strftime("[%d/%b/%Y:%H:%M:%S +0000]", time.gmtime(now))
+        return self._stamp
+
+
+#: ``--access-log`` value that turns the access log off.
+NO_ACCESS_LOG = "none"
+
+_access = Logger(namespace="pothead.access")
+
+
+def _to_twistd_log(line: str) -> None:
+    _access.info("{line}", line=line.rstrip("\n"))
+
+
+def _escape(value: bytes) -> str:
+    """
+    C{value} as printable ASCII, escaped as Python writes bytes, with
+    double quotes escaped: a consumer cannot forge log fields.
+    """
+    text = repr(value)[2:-1]
+    return text.replace('"', '\\"') if repr(value)[1] == "'" else text

@@ -1,26 +1,38 @@
 """
-The consumer side of the hub: an ordinary twisted.web Site whose only
-resource turns every request into a job and queues it.
+The consumer side of the hub: an HTTP/1.1 server of its own that turns
+every request into a job and queues it.
+
+A queued job is mostly a consumer connection waiting, and the hub may hold
+thousands; twisted.web's channel and request objects cost about 4.5 kB per
+connection and, through their general-purpose machinery, about half the
+hub's time per request.  This server keeps what a proxy needs: the request
+as sent, its body spooled, every limit with its status code, and the
+worker's response relayed with the consumer's framing.
+
+One request is served at a time per connection; pipelined requests wait
+in the buffer (reading stops once it holds more than a head's worth) and
+are answered in order.
 """
 
 from __future__ import annotations
 
-from functools import partial
+from tempfile import SpooledTemporaryFile
+from typing import IO
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
-from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET, Request, Site
+from twisted.web.http import datetimeToString
 
-from pothead.access_log import BufferedLogFile
+from pothead.access_log import AccessLog
 from pothead.address import host_port
 from pothead.attach import tune_tcp
-from pothead.client import InvalidRequest
+from pothead.http1 import BodyReader, after_head, head_end
 from pothead.job import Job
 from pothead.limits import Limits
 from pothead.pool import Pool
+from pothead.request import BadRequest, RequestHead, parse_request_head
 
 _log = Logger()
 
@@ -30,141 +42,365 @@ _STATUS_LINES = {
     413: b"413 Content Too Large",
     414: b"414 URI Too Long",
     431: b"431 Request Header Fields Too Large",
+    501: b"501 Not Implemented",
+    505: b"505 HTTP Version Not Supported",
 }
 
+#: Statuses whose responses never have a body (RFC 9110 section 6.4.1).
+_NO_BODY_CODES = (204, 304)
 
-class ConsumerRequest(Request):
+#: Request bodies up to this size stay in memory; larger ones go to a
+#: temporary file.
+SPOOL_IN_MEMORY = 1024 * 1024
+
+
+class ConsumerRequest:
     """
-    A consumer request whose response headers are exactly the worker's,
-    and whose body may not outgrow the hub's limit.
+    One consumer request, and the writer of its response.
 
-    twisted.web would add ``Content-Type: text/html`` to a response that
-    has none; a proxy must not invent headers its worker did not send.
+    The response head is written once, with the consumer's own framing:
+    the HTTP version it spoke, ``Connection: close`` if it asked for it,
+    and a chunked body when the worker's response has no length.
+
+    :ivar head: the parsed request head.
+    :ivar content: the spooled body, or L{None} if the request framed none.
+    :ivar job: the job made of it, once queued.
+    :ivar code: the response status, once started.
+    :ivar sent: body bytes written to the consumer.
+    :ivar started: whether the response head has been written.
+    :ivar finished: whether the response is complete.
     """
 
-    defaultContentType = None
-    _body_received = 0
+    __slots__ = (
+        "channel", "head", "content", "job", "code", "sent", "started", "finished",
+        "_chunked", "_body_allowed",
+    )
 
-    #: The job made of this request, once it has been queued.
-    job: Job | None = None
+    def __init__(self, channel: ConsumerChannel, head: RequestHead) -> None:
+        self.channel = channel
+        self.head = head
+        self.content: IO[bytes] | None = None
+        self.job: Job | None = None
+        self.code = 0
+        self.sent = 0
+        self.started = False
+        self.finished = False
+        self._chunked = False
+        self._body_allowed = True
 
-    def handleContentChunk(self, data: bytes) -> None:
-        # A Content-Length body was checked before it started; a chunked
-        # one can only be checked as it arrives.
-        self._body_received += len(data)
-        if self._body_received > self.channel.limits.max_body_bytes:
-            self.channel.refuse(413, "request body over the limit")
+    @property
+    def method(self) -> bytes:
+        return self.head.method
+
+    @property
+    def target(self) -> bytes:
+        return self.head.target
+
+    @property
+    def transport(self):
+        return self.channel.transport
+
+    def client_address(self):
+        """The consumer's address."""
+        return self.channel.transport.getPeer()
+
+    def own_address(self):
+        """The hub's address the consumer connected to."""
+        return self.channel.transport.getHost()
+
+    def is_secure(self) -> bool:
+        """Whether the consumer connected over TLS."""
+        return ISSLTransport.providedBy(self.channel.transport)
+
+    def start(
+        self,
+        code: int,
+        phrase: bytes,
+        fields: list[tuple[bytes, bytes]],
+        content_length: bytes | None,
+    ) -> None:
+        """
+        Write the response head: the status line, the connection's own
+        ``Connection`` header, C{fields} in order, and how the body is
+        framed.
+
+        :param fields: end-to-end headers, ``Content-Length`` among them
+            where it stood if it is C{content_length}.
+        :param content_length: the body's length, if known.
+        """
+        head = self.head
+        self.code = code
+        self.started = True
+        self._body_allowed = head.method != b"HEAD" and code not in _NO_BODY_CODES
+        framed = content_length is not None or not self._body_allowed
+        lines = [b"%s %d %s\r\n" % (head.version, code, phrase)]
+        if head.version == b"HTTP/1.1":
+            if not head.keep_alive:
+                lines.append(b"Connection: close\r\n")
+        elif head.keep_alive:
+            # An HTTP/1.0 consumer's connection outlives a response only if
+            # the response's length is known and the consumer is told so.
+            head.keep_alive = framed
+            if framed:
+                lines.append(b"Connection: keep-alive\r\n")
+        for name, value in fields:
+            lines.append(b"%s: %s\r\n" % (name, value))
+        if not framed and head.version == b"HTTP/1.1":
+            self._chunked = True
+            lines.append(b"Transfer-Encoding: chunked\r\n")
+        lines.append(b"\r\n")
+        self.channel.transport.writeSequence(lines)
+
+    def write(self, data: bytes) -> None:
+        """
+        Write a piece of the response body.
+        """
+        if not self._body_allowed or not data:
             return
-        super().handleContentChunk(data)
+        self.sent += len(data)
+        if self._chunked:
+            self.channel.transport.writeSequence((b"%x\r\n" % (len(data),), data, b"\r\n"))
+        else:
+            self.channel.transport.write(data)
 
-    def connectionLost(self, reason: Failure) -> None:
-        # Told here rather than through notifyFinish(): a Deferred per
-        # queued job is memory the queue does not need.
-        super().connectionLost(reason)
-        if self.job is not None:
-            self.job.consumer_lost()
+    def finish(self) -> None:
+        """
+        The response is complete.
+        """
+        if self._chunked:
+            self.channel.transport.write(b"0\r\n\r\n")
+        self.finished = True
+        self.channel.answered(self)
+
+    def register_producer(self, producer: IPushProducer) -> None:
+        """
+        Let the consumer's connection pause C{producer} while it cannot
+        take more.
+        """
+        self.channel.transport.registerProducer(producer, True)
+
+    def unregister_producer(self) -> None:
+        self.channel.transport.unregisterProducer()
+
+    def abort(self) -> None:
+        """
+        Cut the consumer's connection.
+        """
+        self.channel.transport.abortConnection()
+
+    def answer(self, code: int, phrase: bytes, fields: list[tuple[bytes, bytes]],
+               body: bytes) -> None:
+        """
+        Write a whole response of the hub's own.
+        """
+        fields = [(b"Date", datetimeToString()), *fields,
+                  (b"Content-Length", b"%d" % (len(body),))]
+        self.start(code, phrase, fields, fields[-1][1])
+        self.write(body)
+        self.finish()
+
+    def received(self, data: bytes) -> None:
+        """
+        A piece of the request body.
+        """
+        if self.content is None:
+            self.content = SpooledTemporaryFile(SPOOL_IN_MEMORY)
+        self.content.write(data)
+
+    def close(self) -> None:
+        """
+        Let go of the spooled body.
+        """
+        if self.content is not None:
+            self.content.close()
 
 
-class ConsumerChannel(HTTPChannel):
+class ConsumerChannel(Protocol):
     """
-    An HTTP channel that enforces the hub's limits on what consumers send,
-    and answers every request it refuses with a status code and a log line.
+    One consumer connection: read requests, enforce the hub's limits,
+    queue each request as a job, and answer every refusal with a status
+    code and a log line.
 
-    Twisted's own channel closes the connection without a response when a
-    line is too long, answers 400 to every other refusal, and lets a client
-    trickle a request for as long as it sends a byte a minute.
+    Between requests the connection may stay idle for the idle timeout; a
+    request head must arrive within the header timeout from its first
+    byte, and its body within the body timeout from the end of its head.
+    A head read whole in one read arms no timer at all.
     """
 
-    #: Whether a request head has begun and not ended.
-    _in_head = False
-
-    def __init__(self, limits: Limits) -> None:
-        super().__init__()
-        self.limits = limits
-        self.MAX_LENGTH = self.totalHeadersSize = limits.max_header_bytes
+    def __init__(self, factory: ConsumerFactory) -> None:
+        self.factory = factory
+        self.limits: Limits = factory.limits
+        self._buffer = b""
+        self._request: ConsumerRequest | None = None
+        self._body: BodyReader | None = None
         self._deadline: IDelayedCall | None = None
+        self._closing = False
+        self._paused = False
+        self._reading = False
 
     def connectionMade(self) -> None:
-        super().connectionMade()
         tune_tcp(self.transport)
+        self._set_deadline(self.limits.idle_timeout, None)
 
     def dataReceived(self, data: bytes) -> None:
-        super().dataReceived(data)
-        # The head's deadline runs from its first byte (this reactor turn),
-        # so that a request line trickled a byte at a time is bounded too.
-        # A head that arrived whole in this read needs no timer at all.
-        if self._deadline is None and self._head_unfinished():
-            self._set_deadline(self.limits.header_timeout, "request head")
+        if self._closing:
+            return
+        if self._body is not None:
+            try:
+                self._body.feed(data)
+            except BadRequest as error:
+                self.refuse(error.status, str(error))
+                return
+        else:
+            self._buffer += data
+        self._serve()
 
-    def _head_unfinished(self) -> bool:
-        if not self.line_mode or self.transport.disconnecting:
+    def _serve(self) -> None:
+        """
+        Read requests from the buffer while no request is being received
+        or answered; a loop, not recursion, however many are pipelined.
+        """
+        if self._reading:
+            return
+        self._reading = True
+        try:
+            while (self._request is None and self._buffer and not self._closing
+                   and self._read_head()):
+                pass
+        except BadRequest as error:
+            self.refuse(error.status, str(error))
+        finally:
+            self._reading = False
+        if self._request is not None and len(self._buffer) > self.limits.max_header_bytes:
+            # Pipelined requests beyond a head's worth wait in the socket.
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def _read_head(self) -> bool:
+        """
+        Read a request head from the buffer, if it holds a whole one.
+
+        :return: whether it did.
+        """
+        # RFC 9112 section 2.2: empty lines before a request line are
+        # ignored.
+        buffer = self._buffer.lstrip(b"\r\n")
+        self._buffer = buffer
+        if not buffer:
             return False
-        return self._in_head or (not self.requests and bool(self._buffer))
+        end = head_end(buffer)
+        limit = self.limits.max_header_bytes
+        if end < 0:
+            if len(buffer) > limit:
+                self._refuse_head(buffer)
+            elif self._deadline_for is not _HEAD:
+                self._set_deadline(self.limits.header_timeout, _HEAD)
+            return False
+        if end > limit:
+            self._refuse_head(buffer)
+            return False
+        head = parse_request_head(buffer[:end])
+        rest = after_head(buffer, end)
+        self._buffer = b""
+        self._clear_deadline()
+        if head.length is not None and head.length > self.limits.max_body_bytes:
+            # Refused from the head, before any body byte or 100 Continue.
+            raise BadRequest(f"Content-Length {head.length} over the limit", 413)
+        request = self._request = ConsumerRequest(self, head)
+        if not head.has_body or head.length == 0:
+            if head.has_body:
+                request.received(b"")
+            self._queue(request, rest)
+            return True
+        if head.expects_continue and not rest:
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        self._set_deadline(self.limits.body_timeout, _BODY)
+        self._body = BodyReader(self._body_piece, self._body_done, BadRequest)
+        if head.chunked:
+            self._body.chunked(rest)
+        else:
+            self._body.counted(head.length, rest)
+        return True
 
-    def lineReceived(self, line: bytes) -> None:
-        self._in_head = True
-        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
-            self._refuse_head()
+    def _body_piece(self, data: bytes) -> None:
+        request = self._request
+        request.received(data)
+        if request.content.tell() > self.limits.max_body_bytes:
+            # A Content-Length was checked from the head; a chunked body
+            # can only be checked as it arrives.
+            raise BadRequest("request body over the limit", 413)
+
+    def _body_done(self, rest: bytes) -> None:
+        self._body = None
+        self._clear_deadline()
+        self._queue(self._request, rest)
+
+    def _queue(self, request: ConsumerRequest, rest: bytes) -> None:
+        self._buffer = rest
+        request.job = Job(request, self.factory.pool, self.factory.clock, self.limits)
+        request.job.queue()
+
+    def answered(self, request: ConsumerRequest) -> None:
+        """
+        The response to C{request} is complete: log it, then read the next
+        request, or close the connection if it carries no more.
+        """
+        self.factory.access_log.record(request)
+        request.close()
+        self._request = None
+        if not request.head.keep_alive:
+            self.transport.loseConnection()
+            self._closing = True
             return
-        super().lineReceived(line)
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        if self._buffer:
+            self._serve()
+        if self._request is None and self._deadline is None:
+            self._set_deadline(self.limits.idle_timeout, None)
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self._refuse_head()
-
-    def allHeadersReceived(self) -> None:
-        self._in_head = False
+    def connectionLost(self, reason: Failure) -> None:
+        # The spooled body of a request cut off here is left to be
+        # collected with the job: a worker may be reading it right now.
         self._clear_deadline()
-        if self.length is not None and self.length > self.limits.max_body_bytes:
-            # Refused before Twisted reads the body or sends 100 Continue.
-            self.refuse(413, f"Content-Length {self.length} over the limit")
-            return
-        if self.length != 0:
-            self._set_deadline(self.limits.body_timeout, "request body")
-        super().allHeadersReceived()
+        request, self._request = self._request, None
+        if request is not None and request.job is not None and not request.finished:
+            request.job.consumer_lost()
 
-    def allContentReceived(self) -> None:
+    # Deadlines: one timer per connection at most, for the idle time
+    # between requests, a head, or a body.
+
+    _deadline_for: object = None
+
+    def _set_deadline(self, seconds: float, what: object) -> None:
         self._clear_deadline()
-        super().allContentReceived()
-
-    def timeoutConnection(self) -> None:
-        # Twisted's idle timeout (60 s without a byte) would cut a consumer
-        # that pauses in the middle of a request before the hub's own head
-        # and body deadlines, which are the ones that bound a request: while
-        # one runs, idleness alone ends nothing.  Between requests the idle
-        # timeout applies as before.
-        if self._deadline is not None:
-            self.resetTimeout()
-            return
-        super().timeoutConnection()
-
-    def connectionLost(self, reason) -> None:
-        self._clear_deadline()
-        super().connectionLost(reason)
-
-    def _set_deadline(self, seconds: float, what: str) -> None:
-        self._clear_deadline()
-        self._deadline = self.callLater(seconds, self._too_slow, what, seconds)
+        self._deadline_for = what
+        self._deadline = self.factory.clock.callLater(seconds, self._too_slow, what, seconds)
 
     def _clear_deadline(self) -> None:
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
+            self._deadline_for = None
 
-    def _too_slow(self, what: str, seconds: float) -> None:
+    def _too_slow(self, what: object, seconds: float) -> None:
         self._deadline = None
+        self._deadline_for = None
+        if what is None:
+            # Idle between requests: nothing to answer.
+            self.transport.loseConnection()
+            self._closing = True
+            return
         self.refuse(408, f"{what} not received within {seconds:g}s")
 
-    def _refuse_head(self) -> None:
-        # Nothing received yet for this request: the request line itself
-        # is too long.
-        if self._receivedHeaderSize:
-            self.refuse(431, "request headers over the limit")
-        else:
+    def _refuse_head(self, buffer: bytes) -> None:
+        line_end = buffer.find(b"\n")
+        if line_end < 0 or line_end > self.limits.max_header_bytes:
             self.refuse(414, "request line over the limit")
-
-    def _respondToBadRequestAndDisconnect(self) -> None:
-        self.refuse(400, "malformed request")
+        else:
+            self.refuse(431, "request headers over the limit")
 
     def refuse(self, code: int, why: str) -> None:
         """
@@ -172,6 +408,8 @@ class ConsumerChannel(HTTPChannel):
         consumer sent can no longer be trusted to be framed right.
         """
         self._clear_deadline()
+        self._closing = True
+        self._body = None
         _log.info(
             "refused a request from {peer}: {status} ({why})",
             peer=host_port(self.transport.getPeer()),
@@ -183,62 +421,38 @@ class ConsumerChannel(HTTPChannel):
             b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (_STATUS_LINES[code], len(body), body)
         )
-        self.loseConnection()
-        # Stop parsing whatever else is buffered for this connection.
-        self.dataReceived = self.lineReceived = self.rawDataReceived = _ignore
+        self.transport.loseConnection()
 
 
-def _ignore(*args: object) -> None:
-    pass
+#: What a deadline is for, in log lines.
+_HEAD, _BODY = "request head", "request body"
 
 
-class JobResource(Resource):
+class ConsumerFactory(Factory):
     """
-    Queue every request, whatever its path, as a job for the pool.
+    Consumer connections, sharing a pool, limits and an access log.
     """
 
-    isLeaf = True
+    def __init__(
+        self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog
+    ) -> None:
+        self.pool = pool
+        self.clock = clock
+        self.limits = limits
+        self.access_log = access_log
 
-    def __init__(self, pool: Pool, clock: IReactorTime, limits: Limits) -> None:
-        super().__init__()
-        self._pool = pool
-        self._clock = clock
-        self._limits = limits
+    def buildProtocol(self, addr) -> ConsumerChannel:
+        return ConsumerChannel(self)
 
-    def render(self, request: Request) -> bytes | int:
-        if len(request.requestHeaders.getRawHeaders(b"host", ())) > 1:
-            # RFC 9112 section 3.2: a request with several Host headers is
-            # answered 400; a worker must not have to guess which one counts.
-            request.channel.refuse(400, "several Host headers")
-            return NOT_DONE_YET
-        try:
-            request.job = Job(request, self._pool, self._clock, self._limits)
-        except InvalidRequest as error:
-            request.channel.refuse(400, str(error))
-            return NOT_DONE_YET
-        request.job.queue()
-        return NOT_DONE_YET
+    def stopFactory(self) -> None:
+        self.access_log.close()
 
 
-class ConsumerSite(Site):
-    """
-    The consumers' Site, whose access log file, if it has one, is written
-    in blocks rather than a line at a time.
-    """
-
-    def _openLogFile(self, path: str) -> BufferedLogFile:
-        return BufferedLogFile(path, self.reactor)
-
-
-#: ``--access-log`` value that turns the access log off.
-NO_ACCESS_LOG = "none"
-
-
-def consumer_site(
+def consumer_factory(
     pool: Pool, clock: IReactorTime, limits: Limits, access_log: str | None = None
-) -> Site:
+) -> ConsumerFactory:
     """
-    The Site consumers talk to.
+    The factory consumers connect to.
 
     :param pool: where their requests are queued.
     :param clock: the hub's clock, for queue times and timeouts.
@@ -247,19 +461,5 @@ def consumer_site(
         L{None} for the twistd log, a path for a file of its own (written
         in blocks, so cheaper per request), or C{"none"}.
     """
-    log_path = None if access_log in (None, NO_ACCESS_LOG) else access_log
-    site = ConsumerSite(
-        JobResource(pool, clock, limits),
-        requestFactory=ConsumerRequest,
-        reactor=clock,
-        logPath=log_path,
-        # A proxy passes a form upload on as it is: Twisted would read the
-        # whole body into memory to parse it, and refuse a multipart body
-        # it cannot parse with a 400 of its own.
-        parsePOSTFormSubmission=False,
-    )
-    if access_log == NO_ACCESS_LOG:
-        site.log = _ignore
-    site.displayTracebacks = False
-    site.protocol = partial(ConsumerChannel, limits)
-    return site
+    return ConsumerFactory(pool, clock, limits, AccessLog.open(access_log, clock))
+

@@ -8,7 +8,7 @@ through untouched, in order, repeated headers included.
 
 from __future__ import annotations
 
-from twisted.web.http_headers import Headers
+from pothead.http1 import field_tokens
 
 #: Headers that belong to one connection only (RFC 9110 section 7.6.1),
 #: plus the framing headers the hub recomputes for the other connection.
@@ -30,21 +30,8 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def _connection_tokens(headers: Headers) -> set[bytes]:
-    """
-    The header names a ``Connection`` header declares hop-by-hop.
-    """
-    tokens = set()
-    for value in headers.getRawHeaders(b"connection", ()):
-        for token in value.split(b","):
-            token = token.strip().lower()
-            if token:
-                tokens.add(token)
-    return tokens
-
-
 def forwarded_headers(
-    headers: Headers,
+    fields: list[tuple[bytes, bytes]],
     client_ip: str,
     proto: bytes,
     host: bytes | None,
@@ -52,36 +39,39 @@ def forwarded_headers(
 ) -> dict[bytes, list[bytes]]:
     """
     The headers a worker is sent for a consumer's request, in one pass:
-    every end-to-end header in order (names as twisted.web canonicalised
-    them), a ``Host`` if the consumer sent none, and the de-facto
-    ``X-Forwarded-*`` headers.
+    every end-to-end header in order (repeated ones together, under the
+    name as first spelled), a ``Host`` if the consumer sent none, and the
+    de-facto ``X-Forwarded-*`` headers.
 
     ``X-Forwarded-For`` is appended to, so that a chain of proxies stays
     visible; ``-Proto`` and ``-Host`` describe the hop the hub received,
     and replace whatever the consumer sent.  A header the hub sets keeps
     the consumer's header's place, or goes last.
 
-    :param headers: the consumer's request headers.
+    :param fields: the consumer's request headers, as sent.
     :param client_ip: the consumer's address as the hub saw it.
     :param proto: ``b"http"`` or ``b"https"``.
     :param host: the consumer's ``Host`` header, if it sent one.
     :param own_host: the hub's own address, the ``Host`` of a request
         without one (needed only then).
     """
-    dropped = HOP_BY_HOP | _connection_tokens(headers)
-    kept = {
-        name: values
-        for name, values in headers.getAllRawHeaders()
-        if name.lower() not in dropped
-    }
+    dropped = HOP_BY_HOP | field_tokens(fields, b"connection")
+    kept: dict[bytes, list[bytes]] = {}
+    spelled: dict[bytes, bytes] = {}
+    for name, value in fields:
+        lower = name.lower()
+        if lower not in dropped:
+            kept.setdefault(spelled.setdefault(lower, name), []).append(value)
     if host is None and own_host is not None:
         kept[b"Host"] = [own_host]
     ip = client_ip.encode("ascii")
-    forwarded_for = kept.get(b"X-Forwarded-For")
-    kept[b"X-Forwarded-For"] = [b", ".join(forwarded_for) + b", " + ip if forwarded_for else ip]
-    kept[b"X-Forwarded-Proto"] = [proto]
+    forwarded_for = spelled.get(b"x-forwarded-for", b"X-Forwarded-For")
+    earlier = kept.get(forwarded_for)
+    kept[forwarded_for] = [b", ".join(earlier) + b", " + ip if earlier else ip]
+    kept[spelled.get(b"x-forwarded-proto", b"X-Forwarded-Proto")] = [proto]
+    forwarded_host = spelled.get(b"x-forwarded-host", b"X-Forwarded-Host")
     if host is not None:
-        kept[b"X-Forwarded-Host"] = [host]
+        kept[forwarded_host] = [host]
     else:
-        kept.pop(b"X-Forwarded-Host", None)
+        kept.pop(forwarded_host, None)
     return kept

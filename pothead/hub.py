@@ -1,5 +1,5 @@
 """
-The hub: the consumer Site and the worker-port factory, sharing pools.
+The hub: the consumer factory and the worker-port factory, sharing pools.
 """
 
 from __future__ import annotations
@@ -9,10 +9,9 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.server import Site
 
 from pothead.attach import DEFAULT_POOL
-from pothead.consumer import consumer_site
+from pothead.consumer import ConsumerFactory, consumer_factory
 from pothead.exit import exit_cleanly
 from pothead.hub_attach import LegacyWorkerFactory, WorkerPortFactory
 from pothead.limits import Limits
@@ -46,11 +45,11 @@ class Hub:
         self._clock = clock
         self._token_check = TokenCheck(token)
 
-    def consumer_site(self) -> Site:
+    def consumer_factory(self) -> ConsumerFactory:
         """
-        A Site for a consumer listener: requests go to the default pool.
+        A factory for a consumer listener: requests go to the default pool.
         """
-        return consumer_site(
+        return consumer_factory(
             self.pools[DEFAULT_POOL], self._clock, self.limits, self.access_log
         )
 

@@ -23,6 +23,7 @@ _LIMIT_OPTIONS = {
     "max-header-size": "max_header_bytes",
     "header-timeout": "header_timeout",
     "body-timeout": "body_timeout",
+    "idle-timeout": "idle_timeout",
     "attach-timeout": "attach_timeout",
     "quiet-timeout": "quiet_timeout",
     "retry-after": "retry_after",
@@ -66,6 +67,8 @@ class Options(usage.Options):
              "Seconds a consumer has to send its request head (then 408).", float),
             ("body-timeout", DEFAULTS.body_timeout,
              "Seconds a consumer has to send its request body (then 408).", float),
+            ("idle-timeout", DEFAULTS.idle_timeout,
+             "Seconds a consumer connection may stay idle between requests.", float),
             ("attach-timeout", DEFAULTS.attach_timeout,
              "Seconds a worker's attach request has to arrive, from its first byte.", float),
             ("quiet-timeout", DEFAULTS.quiet_timeout,
@@ -141,7 +144,7 @@ def makeService(config: Options) -> HubService:
         Hub(reactor, token=config["token"], limits=config["limits"], access_log=config["access-log"])
     )
     for endpoint in config["consumer"]:
-        strports.service(endpoint, service.hub.consumer_site()).setServiceParent(service.consumers)
+        strports.service(endpoint, service.hub.consumer_factory()).setServiceParent(service.consumers)
     for endpoint in config["worker"]:
         strports.service(endpoint, service.hub.worker_factory()).setServiceParent(service.workers)
     for endpoint in config["legacy-worker"]:

@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
-from twisted.web.http_headers import Headers
-from twisted.web.server import Request as ConsumerRequest
 
 from pothead.address import host_port
 from pothead.body import BufferedBody, body_size
@@ -24,6 +22,7 @@ from pothead.headers import HOP_BY_HOP, forwarded_headers
 from pothead.limits import Limits
 
 if TYPE_CHECKING:
+    from pothead.consumer import ConsumerRequest
     from pothead.pool import Pool
     from pothead.slot import Slot
 
@@ -49,9 +48,6 @@ class Job:
     :ivar body: the request body to send after it, if any.
     :ivar queued_until: when it must leave the queue, while it is queued.
     :ivar requeued: whether it was put back at the head of the queue.
-
-    :raise pothead.client.InvalidRequest: if the request cannot be sent to
-        a worker as it is.
     """
 
     # Thousands may wait in a queue at once: no instance dictionaries.
@@ -79,40 +75,42 @@ class Job:
         self.slot: Slot | None = None
         self.gone = False
         self.responding = False
-        length = body_size(request.content)
         self.body = None
-        if length or _declares_body(request):
+        length = None
+        if request.content is not None:
+            # The consumer framed a body, even an empty one; the worker is
+            # then told its length, as it would be serving the consumer
+            # itself.
+            length = body_size(request.content)
             self.body = BufferedBody(request.content, length)
         self.head = request_head(
-            request.method,
-            request.uri,
-            self._forwarded_headers(request),
-            None if self.body is None else length,
+            request.head.method, request.head.target, self._forwarded_headers(request), length
         )
 
     @property
     def method(self) -> bytes:
-        return self.request.method
+        return self.request.head.method
 
     @property
     def what(self) -> str:
         """The request line's method and target, for log lines."""
-        return f"{self.request.method.decode('latin-1')} {self.request.uri.decode('latin-1')}"
+        head = self.request.head
+        return f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
 
     @property
     def idempotent(self) -> bool:
-        return self.request.method in IDEMPOTENT
+        return self.request.head.method in IDEMPOTENT
 
     @staticmethod
     def _forwarded_headers(request: ConsumerRequest) -> dict[bytes, list[bytes]]:
-        host = request.requestHeaders.getRawHeaders(b"host")
-        peer = request.getClientAddress()
+        host = request.head.values(b"host")
+        peer = request.client_address()
         return forwarded_headers(
-            request.requestHeaders,
+            request.head.fields,
             getattr(peer, "host", "unix"),
-            b"https" if request.isSecure() else b"http",
+            b"https" if request.is_secure() else b"http",
             host[0] if host else None,
-            None if host else host_port(request.getHost(), unix="localhost").encode(),
+            None if host else host_port(request.own_address(), unix="localhost").encode(),
         )
 
     def queue(self) -> None:
@@ -197,7 +195,7 @@ class Job:
     @property
     def peer(self) -> str:
         """The consumer's address, for log lines."""
-        return host_port(self.request.getClientAddress())
+        return host_port(self.request.client_address())
 
     def consumer_lost(self) -> None:
         """
@@ -235,11 +233,8 @@ class Job:
         if self.gone or request.finished:
             return
         self.responding = True
-        request.setResponseCode(head.code, head.phrase)
-        request.responseHeaders = _relayed_headers(
-            head, request.responseHeaders.getRawHeaders(b"connection")
-        )
-        request.registerProducer(worker, True)
+        request.start(head.code, head.phrase, _relayed_headers(head), head.content_length)
+        request.register_producer(worker)
 
     def relay_body(self, data: bytes) -> None:
         """
@@ -254,7 +249,7 @@ class Job:
         """
         if self.responding and not self.gone:
             self.responding = False
-            self.request.unregisterProducer()
+            self.request.unregister_producer()
             self.request.finish()
 
     def response_broke(self, why: str) -> None:
@@ -264,7 +259,7 @@ class Job:
         """
         if self.responding and not self.gone:
             self.responding = False
-            self.request.unregisterProducer()
+            self.request.unregister_producer()
             _log.warn(
                 "worker response to {request} broke off: {why}; consumer {peer} cut off",
                 request=self.what, why=why, peer=self.peer,
@@ -284,60 +279,41 @@ class Job:
         self._settle()
         if self.gone or request.finished:
             return
-        if request.startedWriting:
+        if request.started:
             self.abort()
             return
-        body = (message + "\n").encode("utf-8")
-        request.setResponseCode(code, HTTPStatus(code).phrase.encode("ascii"))
-        request.responseHeaders.setRawHeaders(b"Content-Type", [b"text/plain; charset=utf-8"])
-        request.responseHeaders.setRawHeaders(b"Content-Length", [b"%d" % (len(body),)])
-        for name, value in headers:
-            request.responseHeaders.setRawHeaders(name, [value])
-        request.write(body)
-        request.finish()
+        request.answer(
+            code,
+            HTTPStatus(code).phrase.encode("ascii"),
+            [(b"Content-Type", b"text/plain; charset=utf-8"), *headers],
+            (message + "\n").encode("utf-8"),
+        )
 
     def abort(self) -> None:
         """
         Cut the consumer's connection: it gets no more of this response.
         """
         self.gone = True
-        self.request.channel.transport.abortConnection()
+        self.request.abort()
 
 
-def _relayed_headers(head: ResponseHead, connection: list[bytes] | None) -> Headers:
+def _relayed_headers(head: ResponseHead) -> list[tuple[bytes, bytes]]:
     """
-    The headers the consumer gets, built in one pass: the worker's
-    end-to-end headers in the worker's order, its ``Content-Length`` where
-    it stood, and first the ``Connection`` header twisted.web set for this
-    consumer, where twisted.web puts it when it serves an app itself.
+    The worker's end-to-end headers, in the worker's order, with its
+    ``Content-Length`` where it stood.
 
     ``Content-Length`` is passed on whenever the worker sent one and the
     body was not chunked: for a HEAD, 204 or 304 it describes the
     representation, otherwise it equals the body's length.
-
-    :param connection: the consumer connection's own Connection values.
     """
     length = head.content_length
-    headers = Headers()
-    if connection:
-        headers.setRawHeaders(b"Connection", connection)
+    fields = []
     for name, value in head.headers:
         lower = name.lower()
         if lower == b"content-length":
             if length is not None:
-                headers.setRawHeaders(b"Content-Length", [length])
+                fields.append((b"Content-Length", length))
                 length = None
         elif lower not in HOP_BY_HOP:
-            headers.addRawHeader(name, value)
-    return headers
-
-
-def _declares_body(request: ConsumerRequest) -> bool:
-    """
-    Whether the consumer framed a body, even an empty one; the worker is
-    then told its length, as it would be if it served the consumer itself.
-    """
-    headers = request.requestHeaders
-    return headers.hasHeader(b"content-length") or headers.hasHeader(
-        b"transfer-encoding"
-    )
+            fields.append((name, value))
+    return fields

@@ -29,6 +29,8 @@ class Limits:
     :ivar max_header_bytes: largest request line plus headers; 414/431.
     :ivar header_timeout: seconds a consumer has to send a request head;
         then 408.
+    :ivar idle_timeout: seconds a consumer connection may stay idle
+        between requests; then it is closed.
     :ivar body_timeout: seconds a consumer has to send a request body,
         from the end of its head; then 408.
     :ivar attach_timeout: seconds a worker's attach request has to arrive
@@ -49,6 +51,7 @@ class Limits:
     max_header_bytes: int = 64 * KIB
     header_timeout: float = 30 * SECOND
     body_timeout: float = 5 * MINUTE
+    idle_timeout: float = 1 * MINUTE
     attach_timeout: float = 10 * SECOND
     quiet_timeout: float = 5 * MINUTE
     retry_after: int = 5

@@ -89,7 +89,7 @@ async def start_hub(**kwargs) -> RunningHub:
     A hub on 127.0.0.1 with ephemeral ports; C{kwargs} go to L{Hub}.
     """
     hub = Hub(reactor, **kwargs)
-    consumer = WrappingFactory(hub.consumer_site())
+    consumer = WrappingFactory(hub.consumer_factory())
     workers = WrappingFactory(hub.worker_factory())
     consumer_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(consumer)
     worker_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(workers)

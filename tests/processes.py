@@ -106,7 +106,7 @@ def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, 
         cwd=cwd,
         env=env,
     )
-    consumer_port = int(hub.wait_for(r"Site starting on (\d+)")[0].group(1))
+    consumer_port = int(hub.wait_for(r"ConsumerFactory starting on (\d+)")[0].group(1))
     worker_port = int(hub.wait_for(r"WorkerPortFactory starting on (\d+)")[0].group(1))
     return hub, (consumer_port, worker_port)
 

@@ -146,7 +146,7 @@ def test_tls_worker_port(tmp_path, started):
         cwd=tmp_path,
     )
     started.append(hub)
-    consumer = int(hub.wait_for(r"Site starting on (\d+)")[0].group(1))
+    consumer = int(hub.wait_for(r"ConsumerFactory starting on (\d+)")[0].group(1))
     worker_port = int(hub.wait_for(r"WorkerPortFactory \(TLS\) starting on (\d+)")[0].group(1))
     distrustful = Twistd("pothead-worker", "--app", "pothead.demo:app",
                          "--hub", f"tls:localhost:{worker_port}", cwd=tmp_path)

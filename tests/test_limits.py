@@ -23,7 +23,7 @@ class HubHarness:
     def __init__(self, **limits) -> None:
         self.clock = MemoryReactorClock()
         self.hub = Hub(self.clock, limits=Limits(**limits))
-        self.site = self.hub.consumer_site()
+        self.site = self.hub.consumer_factory()
         self.workers = self.hub.worker_factory()
         self.pool = self.hub.pools["default"]
 

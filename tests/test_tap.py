@@ -47,6 +47,7 @@ def test_hub_defaults(monkeypatch):
         "max-header-size": 65536,
         "header-timeout": 30.0,
         "body-timeout": 300.0,
+        "idle-timeout": 60.0,
         "attach-timeout": 10.0,
         "quiet-timeout": 300.0,
         "retry-after": 5,
@@ -70,7 +71,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "--legacy-worker", "tcp:3", "--allow-legacy-without-token",
         "--max-queue", "7", "--queue-timeout", "1.5", "--request-timeout", "9",
         "--max-body-size", "100", "--max-header-size", "1000",
-        "--header-timeout", "2", "--body-timeout", "3",
+        "--header-timeout", "2", "--body-timeout", "3", "--idle-timeout", "20",
         "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
         "--retries", "0",
     ) == {
@@ -88,6 +89,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "max-header-size": 1000,
         "header-timeout": 2.0,
         "body-timeout": 3.0,
+        "idle-timeout": 20.0,
         "attach-timeout": 2.5,
         "quiet-timeout": 300.0,
         "retry-after": 11,
@@ -95,7 +97,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "stop-timeout": 4.0,
         "limits": Limits(
             max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
-            max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0,
+            max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0, idle_timeout=20.0,
             attach_timeout=2.5, retry_after=11, retries=0, stop_timeout=4.0,
         ),
     }
