@@ -1,0 +1,215 @@
+"""
+The hub's reading of consumer requests (pothead/request.py) and its
+consumer connections (pothead/consumer.py): strict heads, framing,
+pipelining, 100-continue and HTTP/1.0 keep-alive.
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from twisted.python.failure import Failure
+
+from pothead.request import BadRequest, parse_request_head
+from tests.test_limits import GET, HubHarness, header, status
+
+
+def test_head_parsed_as_sent():
+    """
+    Method, target and headers are kept as the consumer sent them, in
+    order; the body's framing and the connection's fate are read off.
+    """
+    head = parse_request_head(
+        b"POST /a?b=1 HTTP/1.1\r\nHost: h\r\nx-lower: 1\r\nX-Dup: a\r\n"
+        b"Expect: 100-Continue\r\nContent-Length: 5\r\nX-Dup: b\r\n"
+    )
+    assert (head.method, head.target, head.version) == (b"POST", b"/a?b=1", b"HTTP/1.1")
+    assert head.fields[1] == (b"x-lower", b"1")
+    assert head.values(b"x-dup") == [b"a", b"b"]
+    assert (head.length, head.chunked, head.keep_alive, head.expects_continue) == (
+        5, False, True, True,
+    )
+    old = parse_request_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n")
+    assert old.version == b"HTTP/1.0" and old.keep_alive and not old.has_body
+    assert not parse_request_head(b"GET / HTTP/1.0\r\n").keep_alive
+    assert not parse_request_head(b"GET / HTTP/1.1\r\nConnection: close\r\n").keep_alive
+    assert parse_request_head(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n").chunked
+
+
+@pytest.mark.parametrize(
+    "head, code",
+    [
+        (b"GET /", 400),
+        (b"GET  / HTTP/1.1", 400),
+        (b"GET / HTTP/1.1 x", 400),
+        (b"G(T / HTTP/1.1", 400),
+        (b"GET /\x7f HTTP/1.1", 400),
+        (b"GET /\xe2\x82\xac HTTP/1.1", 400),
+        (b"GET / HTTP/1", 400),
+        (b"GET / HTTPS/1.1", 400),
+        (b"GET / HTTP/2.0", 505),
+        (b"GET / HTTP/1.1\r\nHost : h", 400),
+        (b"GET / HTTP/1.1\r\nX(y): 1", 400),
+        (b"GET / HTTP/1.1\r\nX: a\x00b", 400),
+        (b"GET / HTTP/1.1\r\nX: a\rb", 400),
+        (b"GET / HTTP/1.1\r\n continued", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", 400),
+        (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, x", 400),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", 501),
+        (b"POST / HTTP/1.1\r\nContent-Length: +5", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: -1", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3, 4", 400),
+    ],
+)
+def test_ambiguous_or_malformed_heads_refused(head, code):
+    """
+    Whatever a worker might read differently from the hub is refused,
+    with the status RFC 9112 gives it.
+    """
+    with pytest.raises(BadRequest) as raised:
+        parse_request_head(head + b"\r\n")
+    assert raised.value.status == code
+
+
+def test_mutated_heads_parse_or_are_refused():
+    """
+    Thousands of seeded mutations of valid heads either parse or raise
+    BadRequest: no other exception escapes the parser.
+    """
+    seeds = [
+        b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n",
+        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
+        b"PUT /u HTTP/1.0\r\nContent-Length: 10\r\nConnection: keep-alive\r\n",
+    ]
+    alphabet = b" \t\r\n:,;\x00\x7f\xff0aZ-/"
+    rng = random.Random(4)
+    parsed = refused = 0
+    for _ in range(5000):
+        data = bytearray(rng.choice(seeds))
+        for _ in range(rng.randint(1, 4)):
+            at = rng.randrange(len(data))
+            choice = rng.random()
+            if choice < 0.4:
+                data[at] = rng.choice(alphabet)
+            elif choice < 0.7:
+                del data[at]
+            else:
+                data.insert(at, rng.choice(alphabet))
+        try:
+            parse_request_head(bytes(data))
+            parsed += 1
+        except BadRequest:
+            refused += 1
+    assert parsed > 100 and refused > 100
+
+
+def test_pipelined_requests_answered_in_order():
+    """
+    Requests sent back to back on one connection are queued one at a
+    time, and their answers come back in the order they were asked.
+    """
+    harness = HubHarness()
+    slot, worker = harness.worker()
+    _, consumer = harness.consumer(
+        b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\n"
+        b"POST /3 HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+    )
+    answers = []
+    for n in (b"1", b"2", b"3"):
+        assert worker.value().split(b" ")[1] == b"/" + n
+        worker.clear()
+        slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n" + n)
+        answers.append(consumer.value().rsplit(b"\r\n\r\n", 1)[1])
+    assert answers == [b"1", b"2", b"3"]
+    assert consumer.value().count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert not consumer.disconnecting and harness.pool.idle == 1
+
+
+def test_expect_100_continue_sent_before_body():
+    """
+    A consumer that waits for 100 Continue gets it once its head is
+    accepted, and its body is then read and queued.
+    """
+    harness = HubHarness()
+    channel, consumer = harness.consumer(
+        b"PUT /u HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 3\r\n\r\n"
+    )
+    assert consumer.value() == b"HTTP/1.1 100 Continue\r\n\r\n"
+    assert harness.pool.queued == 0
+    channel.dataReceived(b"abc")
+    assert harness.pool.queued == 1
+
+
+def test_http10_keep_alive_only_with_a_length():
+    """
+    An HTTP/1.0 consumer asking for keep-alive keeps its connection when
+    the response has a length, and is told so; without one, the body
+    runs until close.
+    """
+    harness = HubHarness()
+    slot, _ = harness.worker()
+    ask = b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    _, consumer = harness.consumer(ask)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert status(consumer) == b"HTTP/1.0 200 OK"
+    assert header(consumer, b"Connection") == b"keep-alive"
+    assert not consumer.disconnecting
+    _, consumer = harness.consumer(ask)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n")
+    assert consumer.value().endswith(b"\r\n\r\nok") and header(consumer, b"Connection") is None
+    assert header(consumer, b"Transfer-Encoding") is None
+    assert consumer.disconnecting
+
+
+def test_unframed_response_chunked_for_http11():
+    """
+    A worker response without a length reaches an HTTP/1.1 consumer
+    chunked, and the connection stays open for the next request.
+    """
+    harness = HubHarness()
+    slot, _ = harness.worker()
+    _, consumer = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+    slot.dataReceived(b"3\r\nabc\r\n0\r\n\r\n")
+    assert consumer.value() == (
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    )
+    assert not consumer.disconnecting
+
+
+@pytest.mark.parametrize(
+    "data, code",
+    [
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc", b"400"),
+        (b"GET / HTTP/3.0\r\n\r\n", b"505"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
+    ],
+)
+def test_refusals_reach_the_consumer(data, code):
+    """
+    A refused request is answered with its status and the connection
+    closed; nothing is queued.
+    """
+    harness = HubHarness()
+    _, consumer = harness.consumer(data)
+    assert status(consumer).split(b" ")[1] == code
+    assert consumer.disconnecting and harness.pool.queued == 0
+
+
+def test_consumer_leaving_a_pipelined_queue_is_noticed():
+    """
+    A consumer whose first request waits in the queue and who closes its
+    connection leaves the queue, pipelined requests and all.
+    """
+    harness = HubHarness()
+    channel, _ = harness.consumer(GET + GET)
+    assert harness.pool.queued == 1
+    channel.connectionLost(Failure(ConnectionError()))
+    assert harness.pool.queued == 0
