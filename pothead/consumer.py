@@ -88,18 +88,6 @@ class ConsumerRequest:
         self._chunked = False
         self._body_allowed = True
 
-    @property
-    def method(self) -> bytes:
-        return self.head.method
-
-    @property
-    def target(self) -> bytes:
-        return self.head.target
-
-    @property
-    def transport(self):
-        return self.channel.transport
-
     def client_address(self):
         """The consumer's address."""
         return self.channel.transport.getPeer()
@@ -307,9 +295,10 @@ class ConsumerChannel(Protocol):
             # Refused from the head, before any body byte or 100 Continue.
             raise BadRequest(f"Content-Length {head.length} over the limit", 413)
         request = self._request = ConsumerRequest(self, head)
+        if head.has_body:
+            # Even an empty body is a body: the worker is told its length.
+            request.received(b"")
         if not head.has_body or head.length == 0:
-            if head.has_body:
-                request.received(b"")
             self._queue(request, rest)
             return True
         if head.expects_continue and not rest:

@@ -213,3 +213,14 @@ def test_consumer_leaving_a_pipelined_queue_is_noticed():
     assert harness.pool.queued == 1
     channel.connectionLost(Failure(ConnectionError()))
     assert harness.pool.queued == 0
+
+
+def test_empty_chunked_body_reaches_the_worker_as_a_length():
+    """
+    A chunked request whose body is empty is still sent to the worker with
+    a body of length 0, as a framed body, whatever its method.
+    """
+    harness = HubHarness()
+    _, worker = harness.worker()
+    harness.consumer(b"PATCH /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+    assert worker.value().startswith(b"PATCH /p HTTP/1.1\r\nContent-Length: 0\r\n")
