@@ -225,6 +225,8 @@ class ConsumerChannel(Protocol):
         self._closing = False
         self._paused = False
         self._reading = False
+        #: How much of the buffer holds no head end.
+        self._searched = 0
 
     def connectionMade(self) -> None:
         tune_tcp(self.transport)
@@ -270,20 +272,25 @@ class ConsumerChannel(Protocol):
 
         :return: whether it did.
         """
-        # RFC 9112 section 2.2: empty lines before a request line are
-        # ignored.
-        buffer = self._buffer.lstrip(b"\r\n")
-        self._buffer = buffer
-        if not buffer:
-            return False
-        end = head_end(buffer)
+        buffer = self._buffer
+        if buffer[0] in b"\r\n":
+            # RFC 9112 section 2.2: empty lines before a request line are
+            # ignored.
+            buffer = self._buffer = buffer.lstrip(b"\r\n")
+            if not buffer:
+                return False
+        # A head trickled in pieces is searched only where its end may be
+        # new, so its cost stays linear in its size.
+        end = head_end(buffer, max(0, self._searched - 2))
         limit = self.limits.max_header_bytes
         if end < 0:
+            self._searched = len(buffer)
             if len(buffer) > limit:
                 self._refuse_head(buffer)
             elif self._deadline_for is not _HEAD:
                 self._set_deadline(self.limits.header_timeout, _HEAD)
             return False
+        self._searched = 0
         if end > limit:
             self._refuse_head(buffer)
             return False

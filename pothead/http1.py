@@ -34,13 +34,16 @@ class BadMessage(ValueError):
     """
 
 
-def head_end(buffer: bytes) -> int:
+def head_end(buffer: bytes, start: int = 0) -> int:
     """
     Where the empty line that ends a head starts (its preceding newline
     included in the head), or -1.
+
+    :param start: where to start looking: a head read in pieces need not
+        be searched again from its beginning for every piece.
     """
-    crlf = buffer.find(b"\n\r\n")
-    lf = buffer.find(b"\n\n")
+    crlf = buffer.find(b"\n\r\n", start)
+    lf = buffer.find(b"\n\n", start)
     if crlf < 0:
         return lf + 1 if lf >= 0 else -1
     if lf < 0 or crlf < lf:

@@ -224,3 +224,20 @@ def test_empty_chunked_body_reaches_the_worker_as_a_length():
     _, worker = harness.worker()
     harness.consumer(b"PATCH /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
     assert worker.value().startswith(b"PATCH /p HTTP/1.1\r\nContent-Length: 0\r\n")
+
+
+def test_head_read_a_byte_at_a_time():
+    """
+    A head (after empty lines) that arrives a byte at a time, its end
+    split across reads, is read once complete, with its body.
+    """
+    harness = HubHarness()
+    _, worker = harness.worker()
+    channel, _ = harness.consumer()
+    data = b"\r\nPOST /t HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\nhi"
+    for i in range(len(data)):
+        channel.dataReceived(data[i : i + 1])
+    assert worker.value() == (
+        b"POST /t HTTP/1.1\r\nContent-Length: 2\r\nHost: h\r\nX-Forwarded-For: 127.0.0.5\r\n"
+        b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\nhi"
+    )
