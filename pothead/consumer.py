@@ -218,7 +218,9 @@ class ConsumerChannel(Protocol):
     def __init__(self, factory: ConsumerFactory) -> None:
         self.factory = factory
         self.limits: Limits = factory.limits
-        self._buffer = b""
+        # A bytearray, so that a head arriving in many pieces is gathered
+        # without copying it whole for each piece.
+        self._buffer = bytearray()
         self._request: ConsumerRequest | None = None
         self._body: BodyReader | None = None
         self._deadline: IDelayedCall | None = None
@@ -294,9 +296,9 @@ class ConsumerChannel(Protocol):
         if end > limit:
             self._refuse_head(buffer)
             return False
-        head = parse_request_head(buffer[:end])
-        rest = after_head(buffer, end)
-        self._buffer = b""
+        head = parse_request_head(bytes(buffer[:end]))
+        rest = bytes(after_head(buffer, end))
+        self._buffer = bytearray()
         self._clear_deadline()
         if head.length is not None and head.length > self.limits.max_body_bytes:
             # Refused from the head, before any body byte or 100 Continue.
@@ -332,7 +334,7 @@ class ConsumerChannel(Protocol):
         self._queue(self._request, rest)
 
     def _queue(self, request: ConsumerRequest, rest: bytes) -> None:
-        self._buffer = rest
+        self._buffer = bytearray(rest)
         request.job = Job(request, self.factory.pool, self.factory.clock, self.limits)
         request.job.queue()
 
