@@ -287,6 +287,11 @@ async def raw(running_hub, data: bytes) -> bytes:
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", b"400"),
         (b"GET /caf\xe9 HTTP/1.1\r\nHost: h\r\n\r\n", b"400"),
         (b"GET /a\x7fb HTTP/1.1\r\nHost: h\r\n\r\n", b"400"),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n"
+         b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET / HTTP/1.1\r\nHost : h\r\n\r\n", b"400"),
+        (b"GET / HTTP/2.0\r\nHost: h\r\n\r\n", b"505"),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
     ],
 )
 @pytest_twisted.ensureDeferred
