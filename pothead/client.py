@@ -22,6 +22,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pothead.http1 import (
+    NO_BODY_CODES,
     BadMessage,
     BodyReader,
     after_head,
@@ -36,8 +37,6 @@ from pothead.http1 import (
 #: The longest response head line the hub reads, and the longest head.
 MAX_LINE = 64 * 1024
 MAX_HEAD = 1024 * 1024
-
-_NO_BODY_CODES = (204, 304)
 
 
 class BadResponse(BadMessage):
@@ -203,7 +202,7 @@ class ResponseParser:
         else:
             response.keep_alive = b"keep-alive" in connection and b"close" not in connection
         lengths = response.values(b"content-length")
-        if self._head_only or response.code in _NO_BODY_CODES:
+        if self._head_only or response.code in NO_BODY_CODES:
             response.content_length = lengths[0] if lengths else None
             return 0
         codings = response.values(b"transfer-encoding")

@@ -28,7 +28,7 @@ from twisted.web.http import datetimeToString
 from pothead.access_log import AccessLog
 from pothead.address import host_port
 from pothead.attach import tune_tcp
-from pothead.http1 import BodyReader, after_head, head_end
+from pothead.http1 import NO_BODY_CODES, BodyReader, after_head, head_end
 from pothead.job import Job
 from pothead.limits import Limits
 from pothead.pool import Pool
@@ -45,9 +45,6 @@ _STATUS_LINES = {
     501: b"501 Not Implemented",
     505: b"505 HTTP Version Not Supported",
 }
-
-#: Statuses whose responses never have a body (RFC 9110 section 6.4.1).
-_NO_BODY_CODES = (204, 304)
 
 #: Request bodies up to this size stay in memory; larger ones go to a
 #: temporary file.
@@ -119,7 +116,7 @@ class ConsumerRequest:
         head = self.head
         self.code = code
         self.started = True
-        self._body_allowed = head.method != b"HEAD" and code not in _NO_BODY_CODES
+        self._body_allowed = head.method != b"HEAD" and code not in NO_BODY_CODES
         framed = content_length is not None or not self._body_allowed
         lines = [b"%s %d %s\r\n" % (head.version, code, phrase)]
         if head.version == b"HTTP/1.1":

@@ -24,6 +24,9 @@ _FORBIDDEN_IN_VALUE = re.compile(rb"[\x00\r\n]")
 
 _CHUNK_SIZE = re.compile(rb"\A([0-9A-Fa-f]{1,16})[ \t]*(?:;.*)?\Z")
 
+#: Statuses whose responses never have a body (RFC 9110 section 6.4.1).
+NO_BODY_CODES = (204, 304)
+
 #: The longest chunk-size or trailer line read.
 MAX_LINE = 64 * 1024
 

@@ -103,14 +103,14 @@ class Job:
 
     @staticmethod
     def _forwarded_headers(request: ConsumerRequest) -> dict[bytes, list[bytes]]:
-        host = request.head.values(b"host")
+        host = request.head.host
         peer = request.client_address()
         return forwarded_headers(
             request.head.fields,
             getattr(peer, "host", "unix"),
             b"https" if request.is_secure() else b"http",
-            host[0] if host else None,
-            None if host else host_port(request.own_address(), unix="localhost").encode(),
+            host,
+            None if host is not None else host_port(request.own_address(), unix="localhost").encode(),
         )
 
     def queue(self) -> None:

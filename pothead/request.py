@@ -51,6 +51,7 @@ class RequestHead:
     :ivar version: ``b"HTTP/1.1"`` or ``b"HTTP/1.0"``: the version its
         response is written in.
     :ivar fields: every header as sent, in order: C{(name, value)} pairs.
+    :ivar host: the ``Host`` header's value, if it has one.
     :ivar length: the body's ``Content-Length``, or L{None}.
     :ivar chunked: whether the body is chunked.
     :ivar keep_alive: whether the consumer asked to keep the connection.
@@ -59,7 +60,7 @@ class RequestHead:
     """
 
     __slots__ = (
-        "method", "target", "version", "fields", "length", "chunked", "keep_alive",
+        "method", "target", "version", "fields", "host", "length", "chunked", "keep_alive",
         "expects_continue",
     )
 
@@ -70,6 +71,7 @@ class RequestHead:
         self.target = target
         self.version = version
         self.fields = fields
+        self.host: bytes | None = None
         self.length: int | None = None
         self.chunked = False
         self.keep_alive = False
@@ -114,10 +116,12 @@ def parse_request_head(head: bytes) -> RequestHead:
         method, target, b"HTTP/1.1" if http11 else b"HTTP/1.0",
         parse_fields(lines[1:], BadRequest, strict=True),
     )
-    if len(request.values(b"host")) > 1:
+    hosts = request.values(b"host")
+    if len(hosts) > 1:
         # RFC 9112 section 3.2: a worker must not have to guess which
         # Host counts.
         raise BadRequest("several Host headers")
+    request.host = hosts[0] if hosts else None
     _frame(request, http11)
     connection = field_tokens(request.fields, b"connection")
     if http11:
