@@ -1,7 +1,8 @@
 """
 pothead's worker container without the hub: the app served on a plain TCP
-port by the very Site a pothead worker's slots use (twisted.web,
-FlowControlledWSGIResource, a thread pool of N threads).
+port by the very server a pothead worker's slots run (pothead's HTTP/1.1
+server, twisted.web.wsgi's FlowControlledWSGIResource, a thread pool of N
+threads).
 
 The ``container`` system of the suite: what pothead would cost if the hub
 cost nothing, so that pothead's overhead splits into the container's (the
@@ -18,7 +19,7 @@ from backend import load_app
 from twisted.internet import reactor
 from twisted.python.threadpool import ThreadPool
 
-from pothead.worker import worker_site
+from pothead.worker import slot_server
 
 
 def main() -> None:
@@ -32,7 +33,7 @@ def main() -> None:
     pool = ThreadPool(args.threads, args.threads, name="container")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
-    reactor.listenTCP(args.port, worker_site(reactor, pool, app), interface="127.0.0.1")
+    reactor.listenTCP(args.port, slot_server(reactor, pool, app), interface="127.0.0.1")
     print(f"container listening on 127.0.0.1:{args.port}", flush=True)
     reactor.run()
 

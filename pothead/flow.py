@@ -122,9 +122,10 @@ class WriteGate:
 
     def _register(self) -> None:
         if not self._registered and not self._request.finished and not self._stopped:
+            # From the next write on, the connection pauses this producer
+            # whenever its buffer is full.
             self._request.registerProducer(self, True)
             self._registered = True
-            self.paused = getattr(self._request.channel, "_waitingForTransport", False)
 
     def _unregister(self) -> None:
         if self._registered:

@@ -42,6 +42,9 @@ class Limits:
         is handed to another worker (idempotent methods only).
     :ivar stop_timeout: seconds queued and in-flight jobs get to finish
         when the hub stops.
+
+    A header, body or idle timeout of L{None} is no timeout at all (a
+    worker's slot has none).
     """
 
     max_queue: int = 1000
@@ -49,9 +52,9 @@ class Limits:
     request_timeout: float = 10 * MINUTE
     max_body_bytes: int = 1 * GIB
     max_header_bytes: int = 64 * KIB
-    header_timeout: float = 30 * SECOND
-    body_timeout: float = 5 * MINUTE
-    idle_timeout: float = 1 * MINUTE
+    header_timeout: float | None = 30 * SECOND
+    body_timeout: float | None = 5 * MINUTE
+    idle_timeout: float | None = 1 * MINUTE
     attach_timeout: float = 10 * SECOND
     quiet_timeout: float = 5 * MINUTE
     retry_after: int = 5

@@ -3,7 +3,7 @@ The worker: a WSGI app served over slots it attaches to a hub.
 
 Each slot is a L{ClientService}: it connects, attaches, serves HTTP on the
 connection until either side closes it, then connects again, with backoff
-while the hub is unreachable.  All slots share one Site and one thread pool
+while the hub is unreachable.  All slots share one server and one thread pool
 with a thread per slot, so the app never runs more requests at once than
 the worker has slots.
 """
@@ -20,13 +20,13 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
-from twisted.web.server import Site
 
 from pothead.admission import FixedAdmission, IAdmission
 from pothead.environ import WSGIApp, behind_hub
 from pothead.exit import exit_cleanly
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
-from pothead.worker_attach import AttachFactory, WorkerChannel
+from pothead.slot_server import SlotServer
+from pothead.worker_attach import AttachFactory
 
 #: Seconds the hub has to answer an attach request.
 DEFAULT_ATTACH_TIMEOUT = 10.0
@@ -109,24 +109,18 @@ class WorkerService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
 
-def worker_site(reactor, pool: ThreadPool, app: WSGIApp) -> Site:
+def slot_server(reactor, pool: ThreadPool, app: WSGIApp) -> SlotServer:
     """
-    The Site every slot serves after attaching: the app, behind the hub,
-    its response read only as fast as the hub takes it.
+    The server every slot runs after attaching: the app, behind the hub,
+    hosted by twisted.web.wsgi in C{pool}, its response read only as fast
+    as the hub takes it.
 
-    Slots never time out for idleness: an idle slot is a worker waiting
-    for work, which is its normal state.
+    Request bodies reach the app as sent (never parsed as forms first),
+    and slots never time out for idleness: an idle slot is a worker
+    waiting for work, which is its normal state.
     """
-    site = Site(
-        FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app))),
-        timeout=None,
-        # The app reads its own form uploads from wsgi.input; Twisted would
-        # parse them first, in memory, and answer 400 to a multipart body
-        # it cannot parse before the app sees it.
-        parsePOSTFormSubmission=False,
-    )
-    site.protocol = WorkerChannel
-    return site
+    resource = FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app)))
+    return SlotServer(resource, reactor)
 
 
 def slot_name(index: int) -> str:
@@ -164,11 +158,11 @@ def worker_service(
     service = WorkerService(reactor, drain_timeout, admission)
     threads = ThreadPool(minthreads=slots, maxthreads=slots, name="pothead-wsgi")
     ThreadPoolService(threads, reactor).setServiceParent(service)
-    site = worker_site(reactor, threads, app)
+    server = slot_server(reactor, threads, app)
     endpoint = clientFromString(reactor, hub)
     for index in range(slots):
         factory = AttachFactory(
-            site, pool, token, slot_name(index), attach_timeout, reactor, admission
+            server, pool, token, slot_name(index), attach_timeout, reactor, admission
         )
         service.factories.append(factory)
         ClientService(

@@ -12,9 +12,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.http import HTTPChannel
 from twisted.web.http_headers import Headers
-from twisted.web.server import Site
 
 from pothead.address import host_port
 from pothead.admission import FixedAdmission, IAdmission
@@ -26,32 +24,13 @@ from pothead.attach import (
     header_tokens,
     tune_tcp,
 )
+from pothead.slot_server import SlotChannel, SlotServer
 
 _log = Logger()
 
 #: The longest wait between two attempts to reach a hub, in seconds,
 #: before jitter (which adds up to half again).
 MAX_RETRY_DELAY = 5.0
-
-
-class WorkerChannel(HTTPChannel):
-    """
-    The HTTP channel a slot serves on, which says when it has no request
-    in progress, so a draining slot can detach at that moment.
-    """
-
-    on_idle = staticmethod(lambda: None)
-
-    # The hub has already applied its own header limits to what consumers
-    # send, and added headers of its own; the worker must not refuse what
-    # the hub let through, as Twisted's 16 KiB and 500-header defaults would.
-    MAX_LENGTH = totalHeadersSize = 1024 * 1024
-    maxHeaders = 10_000
-
-    def requestDone(self, request) -> None:
-        super().requestDone(request)
-        if not self.requests:
-            self.on_idle()
 
 
 class AttachClient(HeadReceiver):
@@ -62,17 +41,17 @@ class AttachClient(HeadReceiver):
     connection while the worker decides whether it may take work.
     """
 
-    def __init__(self, site: Site, pool: str, token: str | None, name: str,
+    def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime) -> None:
         super().__init__()
-        self._site = site
+        self._server = server
         self._pool = pool
         self._token = token
         self.name = name
         self.timeout = timeout
         self.callLater = clock.callLater
         self._attached: Deferred[None] | None = None
-        self._channel: WorkerChannel | None = None
+        self._channel: SlotChannel | None = None
         self._draining = False
         self._detached = False
         self._closed: list[Deferred[None]] = []
@@ -151,7 +130,7 @@ class AttachClient(HeadReceiver):
             attached, self._attached = self._attached, None
             attached.callback(None)
             return
-        self._channel = self._site.buildProtocol(self.transport.getPeer())
+        self._channel = self._server.buildProtocol(self.transport.getPeer())
         self._channel.on_idle = self._channel_idle
         self._channel.ticket = self._ticket
         self._channel.attach_factory = self.factory
@@ -177,7 +156,7 @@ class AttachClient(HeadReceiver):
                 self.transport.loseConnection()
             # Otherwise the hub's answer to the attach decides; see
             # head_received.
-        elif not self._channel.requests:
+        elif not self._channel.busy:
             self._detach()
         return closed
 
@@ -261,10 +240,10 @@ class AttachFactory(Factory):
     :ivar admission: decides when the slot may attach.
     """
 
-    def __init__(self, site: Site, pool: str, token: str | None, name: str,
+    def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime,
                  admission: IAdmission | None = None) -> None:
-        self._args = (site, pool, token, name, timeout, clock)
+        self._args = (server, pool, token, name, timeout, clock)
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
         self.draining = False

@@ -9,12 +9,12 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Site
+from twisted.web.wsgi import WSGIResource
 
 from pothead.attach import MAX_HEAD_BYTES, attach_request
 from pothead.hub_attach import WorkerPortFactory
 from pothead.pool import Pool
+from pothead.slot_server import SlotServer
 from pothead.tokens import TokenCheck
 from pothead.worker_attach import AttachFactory
 
@@ -240,16 +240,28 @@ def test_unsolicited_bytes_from_idle_slot_drop_it():
     assert pool.idle == 0
 
 
-class Hello(Resource):
-    isLeaf = True
+class InThisThread:
+    """
+    A thread pool and a reactor's C{callFromThread} that both run what
+    they are given at once, so that a WSGI app answers synchronously.
+    """
 
-    def render_GET(self, request):
-        return b"hi"
+    def callInThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    callFromThread = callInThread
+
+
+def hello(environ, start_response):
+    start_response("200 OK", [("Content-Length", "2")])
+    return [b"hi"]
 
 
 def worker_connection():
     clock = Clock()
-    client = AttachFactory(Site(Hello()), "default", "tok", "me/1/0", 3.0, clock).buildProtocol(None)
+    now = InThisThread()
+    server = SlotServer(WSGIResource(now, now, hello), clock)
+    client = AttachFactory(server, "default", "tok", "me/1/0", 3.0, clock).buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4040))
     client.makeConnection(transport)
     return client, transport, clock

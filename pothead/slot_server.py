@@ -1,0 +1,237 @@
+"""
+What a worker's slot serves once attached: the requests the hub sends
+down it, read by pothead's own HTTP/1.1 server (L{pothead.http_server})
+and handed to twisted.web.wsgi as though twisted.web had read them.
+
+A slot's connection carries one request at a time from one peer, the hub,
+which has already checked every request against its own limits; what is
+left for the worker to do per request is little, and twisted.web's
+channel and request objects were most of it (about 40 % of the worker's
+time per small request).  L{WSGIRequest} is the part of twisted.web's
+request that C{WSGIResource} uses, and it writes the response exactly as
+twisted.web does: the same status line, C{Server} and C{Date} first, the
+app's headers grouped and named as twisted.web's C{Headers} groups and
+names them, and the same framing.
+"""
+
+from __future__ import annotations
+
+import sys
+from io import BytesIO
+from urllib.parse import unquote_to_bytes as unquote
+
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionLost
+from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
+from twisted.internet.protocol import Factory
+from twisted.python.failure import Failure
+from twisted.web.http import RESPONSES, datetimeToString
+from twisted.web.http_headers import Headers
+from twisted.web.resource import IResource
+from twisted.web.server import version as SERVER
+
+from pothead.http_server import ServerChannel, ServerRequest
+from pothead.limits import MIB, Limits
+from pothead.request import RequestHead
+
+#: What a slot accepts from its hub: any body (the hub enforced its own
+#: limit), heads up to 1 MiB (the hub's own limit plus the headers it
+#: adds), and no timeouts: an idle slot is a worker waiting for work.
+SLOT_LIMITS = Limits(
+    max_header_bytes=1 * MIB,
+    max_body_bytes=sys.maxsize,
+    header_timeout=None,
+    body_timeout=None,
+    idle_timeout=None,
+)
+
+
+class WSGIRequest(ServerRequest):
+    """
+    One request from the hub, as C{twisted.web.wsgi} reads a
+    L{twisted.web.server.Request}, and its response, written as
+    twisted.web writes it.
+
+    Like twisted.web's, the response head goes out with the first write
+    (or at C{finish}); writes after the connection is gone are dropped.
+    """
+
+    __slots__ = (
+        "method", "uri", "clientproto", "prepath", "postpath", "code_message",
+        "responseHeaders", "defaultContentType", "_waiting", "_gone",
+    )
+
+    def __init__(self, channel: SlotChannel, head: RequestHead) -> None:
+        super().__init__(channel, head)
+        self.method = head.method
+        self.uri = head.target
+        self.clientproto = head.version
+        # As twisted.web's Site finds a leaf resource at the root.
+        self.prepath: list[bytes] = []
+        self.postpath = [unquote(s) for s in head.target.split(b"?", 1)[0][1:].split(b"/")]
+        self.code = 200
+        self.code_message = b"OK"
+        self.responseHeaders = Headers()
+        self.defaultContentType: bytes | None = None
+        self._waiting: list[Deferred[None]] = []
+        self._gone = False
+
+    # What WSGIResource reads.
+
+    def getHeader(self, name: bytes) -> bytes | None:
+        values = self.head.values(name.lower())
+        return values[-1] if values else None
+
+    @property
+    def requestHeaders(self) -> WSGIRequest:
+        return self
+
+    def getAllRawHeaders(self):
+        """
+        The request's headers, each name once with all its values, as
+        twisted.web's C{Headers} gives them (names need not be canonical:
+        the WSGI environ upper-cases them).
+        """
+        grouped: dict[bytes, list[bytes]] = {}
+        for name, value in self.head.fields:
+            grouped.setdefault(name.lower(), []).append(value)
+        return grouped.items()
+
+    def getRequestHostname(self) -> bytes:
+        host = self.head.host
+        if host:
+            if host[:1] == b"[":
+                return host.split(b"]", 1)[0] + b"]"
+            return host.split(b":", 1)[0]
+        return self.channel.host.host.encode("ascii")
+
+    def getHost(self):
+        return self.channel.host
+
+    def getClientAddress(self):
+        return self.channel.peer
+
+    def isSecure(self) -> bool:
+        return self.channel.secure
+
+    def notifyFinish(self) -> Deferred[None]:
+        """
+        Fires when the response is complete, fails if the connection is
+        lost first.
+        """
+        finished: Deferred[None] = Deferred()
+        if self.finished:
+            finished.callback(None)
+        elif self._gone:
+            finished.errback(Failure(ConnectionLost()))
+        else:
+            self._waiting.append(finished)
+        return finished
+
+    # How WSGIResource answers.
+
+    def setResponseCode(self, code: int, message: bytes | None = None) -> None:
+        self.code = code
+        self.code_message = message or RESPONSES.get(code, b"Unknown Status")
+
+    def write(self, data: bytes) -> None:
+        if self._gone:
+            return
+        if not self.started:
+            self._write_head()
+        super().write(data)
+
+    def _write_head(self) -> None:
+        fields = [(b"Server", SERVER), (b"Date", datetimeToString())]
+        length = None
+        for name, values in self.responseHeaders.getAllRawHeaders():
+            if name == b"Content-Length":
+                length = values[-1]
+            fields.extend((name, value) for value in values)
+        self.start(self.code, self.code_message, fields, length)
+
+    def finish(self) -> None:
+        if self._gone or self.finished:
+            return
+        if not self.started:
+            self._write_head()
+        super().finish()
+        self._notify(None)
+
+    def loseConnection(self) -> None:
+        self.channel.transport.loseConnection()
+
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
+        self.channel.transport.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self.channel.transport.unregisterProducer()
+
+    def connection_lost(self) -> None:
+        """
+        The hub went away before the response was complete.
+        """
+        self._gone = True
+        self._notify(Failure(ConnectionLost()))
+
+    def _notify(self, result: Failure | None) -> None:
+        waiting, self._waiting = self._waiting, []
+        for finished in waiting:
+            if result is None:
+                finished.callback(None)
+            else:
+                finished.errback(result)
+
+
+class SlotChannel(ServerChannel):
+    """
+    The HTTP server a slot runs on its connection once attached, which
+    says when it has no request in progress, so a draining slot can
+    detach at that moment.
+
+    :ivar ticket: the slot's admission ticket, for the app's middleware.
+    :ivar attach_factory: the slot, told when app calls start and end.
+    """
+
+    on_idle = staticmethod(lambda: None)
+    ticket = None
+    attach_factory = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        # Asked for every request by the WSGI environ; the same all along.
+        self.host = self.transport.getHost()
+        self.peer = self.transport.getPeer()
+        self.secure = ISSLTransport.providedBy(self.transport)
+
+    def idle(self) -> None:
+        super().idle()
+        self.on_idle()
+
+
+class SlotServer(Factory):
+    """
+    Every slot's server: each request the hub sends is rendered by one
+    resource, a C{WSGIResource}.
+    """
+
+    request_class = WSGIRequest
+    limits = SLOT_LIMITS
+
+    def __init__(self, resource: IResource, clock: IReactorTime) -> None:
+        self.resource = resource
+        self.clock = clock
+
+    def buildProtocol(self, addr) -> SlotChannel:
+        return SlotChannel(self)
+
+    def handle(self, request: WSGIRequest) -> None:
+        if request.content is None:
+            request.content = BytesIO()
+        self.resource.render(request)
+
+    def answered(self, request: WSGIRequest) -> None:
+        pass
+
+    def lost(self, request: WSGIRequest) -> None:
+        request.connection_lost()
