@@ -17,8 +17,8 @@ import argparse
 
 from backend import load_app
 from twisted.internet import reactor
-from twisted.python.threadpool import ThreadPool
 
+from pothead.threads import AppThreads
 from pothead.worker import slot_server
 
 
@@ -30,7 +30,7 @@ def main() -> None:
     parser.add_argument("--app-dir", default=None)
     args = parser.parse_args()
     app = load_app(args.app, args.app_dir)
-    pool = ThreadPool(args.threads, args.threads, name="container")
+    pool = AppThreads(args.threads, name="container")
     pool.start()
     reactor.addSystemEventTrigger("during", "shutdown", pool.stop)
     reactor.listenTCP(args.port, slot_server(reactor, pool, app), interface="127.0.0.1")

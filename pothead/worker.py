@@ -19,13 +19,13 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
-from twisted.python.threadpool import ThreadPool
 
 from pothead.admission import FixedAdmission, IAdmission
 from pothead.environ import WSGIApp, behind_hub
 from pothead.exit import exit_cleanly
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.slot_server import SlotServer
+from pothead.threads import AppThreads
 from pothead.worker_attach import AttachFactory
 
 #: Seconds the hub has to answer an attach request.
@@ -37,13 +37,13 @@ DEFAULT_DRAIN_TIMEOUT = 60.0
 _log = Logger()
 
 
-class ThreadPoolService(Service):
+class AppThreadsService(Service):
     """
-    Run a thread pool exactly while the service runs, so that service
+    Run the app's threads exactly while the service runs, so that service
     ordering, not reactor events, decides when the app can be called.
     """
 
-    def __init__(self, pool: ThreadPool, reactor) -> None:
+    def __init__(self, pool: AppThreads, reactor) -> None:
         self.pool = pool
         self._reactor = reactor
 
@@ -109,7 +109,7 @@ class WorkerService(MultiService):
         return Deferred.fromCoroutine(self._stop())
 
 
-def slot_server(reactor, pool: ThreadPool, app: WSGIApp) -> SlotServer:
+def slot_server(reactor, pool: AppThreads, app: WSGIApp) -> SlotServer:
     """
     The server every slot runs after attaching: the app, behind the hub,
     hosted by twisted.web.wsgi in C{pool}, its response read only as fast
@@ -156,8 +156,8 @@ def worker_service(
     """
     admission = admission or FixedAdmission()
     service = WorkerService(reactor, drain_timeout, admission)
-    threads = ThreadPool(minthreads=slots, maxthreads=slots, name="pothead-wsgi")
-    ThreadPoolService(threads, reactor).setServiceParent(service)
+    threads = AppThreads(slots, name="pothead-wsgi")
+    AppThreadsService(threads, reactor).setServiceParent(service)
     server = slot_server(reactor, threads, app)
     endpoint = clientFromString(reactor, hub)
     for index in range(slots):

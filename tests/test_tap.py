@@ -16,7 +16,7 @@ from zope.interface.verify import verifyObject
 from pothead import hub_tap, worker_tap
 from pothead.demo import app as demo_app
 from pothead.limits import Limits
-from pothead.worker import ThreadPoolService
+from pothead.worker import AppThreadsService
 
 ROOT = Path(__file__).parent.parent
 
@@ -202,8 +202,8 @@ def test_worker_service_wiring():
     options = worker_tap.Options()
     options.parseOptions(["--app", "pothead.demo:app", "--slots", "4"])
     children = list(worker_tap.makeService(options))
-    pools = [c for c in children if isinstance(c, ThreadPoolService)]
-    assert len(pools) == 1 and pools[0].pool.max == 4
+    pools = [c for c in children if isinstance(c, AppThreadsService)]
+    assert len(pools) == 1 and pools[0].pool.count == 4
     assert sum(isinstance(c, ClientService) for c in children) == 4
 
 
