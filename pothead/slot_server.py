@@ -16,6 +16,7 @@ names them, and the same framing.
 
 from __future__ import annotations
 
+import re
 import sys
 from io import BytesIO
 from urllib.parse import unquote_to_bytes as unquote
@@ -44,6 +45,10 @@ SLOT_LIMITS = Limits(
     body_timeout=None,
     idle_timeout=None,
 )
+
+#: The name in a Host header, read as twisted.web reads it (an IPv6
+#: literal without its brackets).
+_HOST = re.compile(rb"^\[?(.*?)\]?(:\d+)?$")
 
 
 class WSGIRequest(ServerRequest):
@@ -98,11 +103,10 @@ class WSGIRequest(ServerRequest):
         return grouped.items()
 
     def getRequestHostname(self) -> bytes:
-        host = self.head.host
-        if host:
-            if host[:1] == b"[":
-                return host.split(b"]", 1)[0] + b"]"
-            return host.split(b":", 1)[0]
+        if self.head.host is not None:
+            match = _HOST.match(self.head.host)
+            if match is not None:
+                return match.group(1)
         return self.channel.host.host.encode("ascii")
 
     def getHost(self):

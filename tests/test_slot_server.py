@@ -1,0 +1,177 @@
+"""
+What a slot serves (pothead/slot_server.py): the hub's requests read by
+pothead's own server and handed to twisted.web.wsgi.  Every response must
+be the one twisted.web itself would write for the same app and request,
+byte for byte but for the C{Date}; and a request cut off by the hub must
+end the app's response quietly.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+from twisted.web.wsgi import WSGIResource
+
+from pothead.flow import FlowControlledWSGIResource, flow_controlled
+from pothead.slot_server import SlotServer, WSGIRequest
+from tests.test_attach import InThisThread
+
+PEER = IPv4Address("TCP", "127.0.0.1", 4040)
+
+
+def served(factory, request: bytes) -> tuple[bytes, StringTransport]:
+    """
+    What C{factory}'s protocol answers to C{request}, the app run at once.
+    """
+    transport = StringTransport(peerAddress=PEER)
+    channel = factory.buildProtocol(PEER)
+    channel.makeConnection(transport)
+    channel.dataReceived(request)
+    return transport.value(), transport
+
+
+def without_date(response: bytes) -> bytes:
+    return b"\r\n".join(line for line in response.split(b"\r\n") if not line.startswith(b"Date: "))
+
+
+def answer_both_ways(app, request: bytes) -> tuple[bytes, bytes]:
+    now = InThisThread()
+    ours, _ = served(SlotServer(FlowControlledWSGIResource(now, now, flow_controlled(app)), Clock()),
+                     request)
+    theirs, _ = served(Site(WSGIResource(now, now, app), timeout=None), request)
+    return without_date(ours), without_date(theirs)
+
+
+def fails_before_start(environ, start_response):
+    raise RuntimeError("no answer")
+
+
+def fails_after_start(environ, start_response):
+    start_response("200 OK", [])
+    yield b"half"
+    raise RuntimeError("cut off")
+
+
+def no_length(environ, start_response):
+    start_response("201 Created", [("x-lower", "a"), ("Set-Cookie", "a=1"), ("X-Lower", "b"),
+                                   ("Set-Cookie", "b=2"), ("www-authenticate", "Basic")])
+    return [b"one", b"", b"two"]
+
+
+def empty(environ, start_response):
+    start_response("204 No Content", [("Content-Length", "3")])
+    return [b"not sent"]
+
+
+def environ_echo(environ, start_response):
+    keys = ("PATH_INFO", "QUERY_STRING", "SCRIPT_NAME", "SERVER_NAME", "SERVER_PORT",
+            "CONTENT_LENGTH", "CONTENT_TYPE", "HTTP_X_TWICE", "REQUEST_METHOD",
+            "SERVER_PROTOCOL", "wsgi.url_scheme")
+    body = "\n".join(f"{k}={environ.get(k)!r}" for k in keys).encode()
+    body += b"\nbody=" + environ["wsgi.input"].read()
+    start_response("200 OK", [("Content-Length", str(len(body)))])
+    return [body]
+
+
+@pytest.mark.parametrize(
+    "app, request_bytes",
+    [
+        (fails_before_start, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (fails_after_start, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (no_length, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (no_length, b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (empty, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"),
+        (environ_echo, b"GET /a%20b/%2Fc?x=%20&y HTTP/1.1\r\nHost: [::1]:8080\r\n"
+                       b"X-Twice: 1\r\nx-twice: 2\r\n\r\n"),
+        (environ_echo, b"POST /p HTTP/1.1\r\nHost: example.org\r\nContent-Type: text/plain\r\n"
+                       b"Content-Length: 5\r\n\r\nhello"),
+        (environ_echo, b"GET / HTTP/1.1\r\n\r\n"),
+    ],
+    ids=["error-before-start", "error-after-start", "chunked-grouped-headers", "head",
+         "204-with-body", "environ-path-query-host", "environ-body", "environ-no-host"],
+)
+def test_response_as_twisted_web_writes_it(app, request_bytes):
+    """
+    The same app and request give the same bytes from a slot as from
+    twisted.web's own Site: status line, header order and names, framing
+    and body; an app failing after its first chunk leaves a response cut
+    short in both.
+    """
+    ours, theirs = answer_both_ways(app, request_bytes)
+    assert ours == theirs
+    assert ours.startswith(b"HTTP/1.1 ")
+
+
+def test_error_before_start_leaves_connection_open():
+    """
+    An app failing before it answered gets a 500, and the slot takes the
+    hub's next request.
+    """
+    now = InThisThread()
+    server = SlotServer(WSGIResource(now, now, fails_before_start), Clock())
+    answer, transport = served(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert answer.startswith(b"HTTP/1.1 500 Internal Server Error\r\n")
+    assert not transport.disconnecting
+
+
+class Held:
+    """
+    A resource that keeps the requests it is given, unanswered.
+    """
+
+    def __init__(self) -> None:
+        self.requests: list[WSGIRequest] = []
+
+    def render(self, request: WSGIRequest) -> None:
+        self.requests.append(request)
+
+
+def test_hub_gone_mid_response():
+    """
+    A request whose connection is lost fails its notifyFinish Deferreds
+    (so twisted.web.wsgi stops iterating the app), and later writes and
+    the finish are dropped without error.
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    answer, transport = served(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    (request,) = held.requests
+    before, outcome = request.notifyFinish(), []
+    before.addBoth(outcome.append)
+    request.write(b"some")
+    request.channel.connectionLost(Failure(ConnectionError()))
+    assert isinstance(outcome[0], Failure)
+    after = []
+    request.notifyFinish().addBoth(after.append)
+    assert isinstance(after[0], Failure)
+    written = transport.value()
+    request.write(b"more")
+    request.finish()
+    assert transport.value() == written and not request.finished
+
+
+def test_finished_request_notifies_and_slot_turns_idle():
+    """
+    finish() fires notifyFinish and, once no request is in progress,
+    tells the slot it is idle.
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    _, transport = served(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    (request,) = held.requests
+    idle: list[bool] = []
+    request.channel.on_idle = lambda: idle.append(True)
+    outcome: list = []
+    request.notifyFinish().addBoth(outcome.append)
+    assert request.channel.busy
+    request.setResponseCode(202)
+    request.finish()
+    assert outcome == [None] and idle == [True] and not request.channel.busy
+    assert transport.value().startswith(b"HTTP/1.1 202 Accepted\r\n")
+    later: list = []
+    request.notifyFinish().addBoth(later.append)
+    assert later == [None]
