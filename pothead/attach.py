@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.protocol import Protocol
 from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
+
+from pothead.sockets import tune_tcp
 
 #: Where workers attach; the pool's name follows.
 ATTACH_PATH = b"/pothead/v1/attach/"
@@ -148,18 +149,6 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self.setTimeout(None)
         if self._successor is not None:
             self._successor.connectionLost(reason)
-
-
-def tune_tcp(transport) -> None:
-    """
-    Turn on TCP keepalive, so that a peer that vanished without a word (a
-    dead host, a dropped NAT mapping) is noticed on an idle connection; and
-    turn off Nagle's algorithm, so that the last small segment of a message
-    is never held back waiting for the peer's delayed ACK.
-    """
-    if ITCPTransport.providedBy(transport):
-        transport.setTcpKeepAlive(True)
-        transport.setTcpNoDelay(True)
 
 
 def attach_request(

@@ -29,10 +29,10 @@ from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 
 from pothead.address import host_port
-from pothead.attach import tune_tcp
 from pothead.http1 import NO_BODY_CODES, BodyReader, after_head, head_end
 from pothead.limits import Limits
 from pothead.request import BadRequest, RequestHead, parse_request_head
+from pothead.sockets import send_now, tune_tcp
 
 _log = Logger()
 
@@ -153,6 +153,7 @@ class ServerRequest:
         if self._chunked:
             self.channel.transport.write(b"0\r\n\r\n")
         self.finished = True
+        send_now(self.channel.transport)
         self.channel.answered(self)
 
     def register_producer(self, producer: IPushProducer) -> None:

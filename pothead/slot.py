@@ -15,11 +15,12 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER, tune_tcp
+from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER
 from pothead.body import BufferedBody
 from pothead.client import BadResponse, ResponseHead, ResponseParser
 from pothead.job import Job
 from pothead.pool import Pool
+from pothead.sockets import send_now, tune_tcp
 
 #: How many requeue signals one job may collect before the hub answers 503
 #: itself: a bound against a pool in which every worker keeps refusing.
@@ -152,6 +153,7 @@ class Slot(Protocol):
         self.transport.write(job.head)
         if job.body is not None:
             self._upload(job.body)
+        send_now(self.transport)
 
     def _upload(self, body: BufferedBody) -> None:
         """

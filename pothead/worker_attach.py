@@ -22,9 +22,9 @@ from pothead.attach import (
     HeadReceiver,
     attach_request,
     header_tokens,
-    tune_tcp,
 )
 from pothead.slot_server import SlotChannel, SlotServer
+from pothead.sockets import tune_tcp
 
 _log = Logger()
 
