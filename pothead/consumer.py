@@ -49,6 +49,15 @@ class ConsumerFactory(Factory):
         return ServerChannel(self)
 
     def handle(self, request: ConsumerRequest) -> None:
+        if request.head.target == b"*":
+            # A probe of the server itself (RFC 9110 section 9.3.7), not a
+            # resource of the app: answered here, as twisted.web answers
+            # it, and no worker is woken for it.
+            if request.head.method == b"OPTIONS":
+                request.answer(200, b"OK", [], b"")
+            else:
+                request.answer(405, b"Method Not Allowed", [(b"Allow", b"OPTIONS")], b"")
+            return
         request.job = Job(request, self.pool, self.clock, self.limits)
         request.job.queue()
 

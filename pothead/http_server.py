@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from tempfile import SpooledTemporaryFile
 from typing import IO
-from typing import Protocol as Interface
+from typing import Protocol as TypingProtocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
@@ -199,7 +199,7 @@ class ServerRequest:
             self.content.close()
 
 
-class RequestHandler(Interface):
+class RequestHandler(TypingProtocol):
     """
     What a L{ServerChannel}'s factory does with the requests it reads.
     """

@@ -241,3 +241,23 @@ def test_head_read_a_byte_at_a_time():
         b"POST /t HTTP/1.1\r\nContent-Length: 2\r\nHost: h\r\nX-Forwarded-For: 127.0.0.5\r\n"
         b"X-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\n\r\nhi"
     )
+
+
+@pytest.mark.parametrize(
+    "method, code, allow",
+    [(b"OPTIONS", b"200", None), (b"GET", b"405", b"OPTIONS"), (b"POST", b"405", b"OPTIONS")],
+)
+def test_asterisk_target_answered_by_the_hub(method, code, allow):
+    """
+    C{OPTIONS *} asks about the server, not the app: the hub answers it
+    (any other method with C{*} gets 405), queues nothing, and keeps the
+    connection for the next request.
+    """
+    harness = HubHarness()
+    body = b"Content-Length: 0\r\n" if method == b"POST" else b""
+    _, consumer = harness.consumer(method + b" * HTTP/1.1\r\nHost: hub\r\n" + body + b"\r\n")
+    assert status(consumer).split(b" ")[1] == code
+    assert header(consumer, b"Content-Length") == b"0"
+    assert header(consumer, b"Allow") == allow
+    assert consumer.value().endswith(b"\r\n\r\n")
+    assert harness.pool.queued == 0 and not consumer.disconnecting
