@@ -137,10 +137,6 @@ class Slot(Protocol):
             waiting, self._waiting = self._waiting, None
             waiting.cancel()
 
-    def _take_next(self) -> None:
-        self._waiting = self.pool.get()
-        self._waiting.addCallbacks(self._serve, _ignore_cancel)
-
     def _serve(self, job: Job) -> None:
         self._waiting = None
         if job.gone or job.request.finished:
@@ -194,23 +190,34 @@ class Slot(Protocol):
         self._parser = self.job = None
         reusable = (
             self._keep_alive and not self.single_use and not self._uploading
-            and not self._handing_back
+            and not self._handing_back and not rest
         )
+        # With jobs waiting, the worker gets the next one before this
+        # job's consumer is answered: finishing a consumer's response
+        # costs about as much as sending a job, and the worker would sit
+        # idle through it.
+        next_first = reusable and self.connected and not self._closing and self.pool.queued > 0
+        if next_first:
+            self._take_next()
         if self._handing_back:
             self._hand_back(job)
         else:
             job.response_done()
-        if self._closing or not self.connected:
+        if next_first or self._closing or not self.connected:
             return
         if rest:
             self._unsolicited(rest)
         elif not reusable:
             self._close()
         else:
-            # The consumer may have paused this connection; the next
-            # response must be read whatever happened to this one.
-            self.transport.resumeProducing()
             self._take_next()
+
+    def _take_next(self) -> None:
+        # The last consumer may have paused this connection; the next
+        # response must be read whatever happened to that one.
+        self.transport.resumeProducing()
+        self._waiting = self.pool.get()
+        self._waiting.addCallbacks(self._serve, _ignore_cancel)
 
     def _hand_back(self, job: Job) -> None:
         # A worker that hands a job back is not ready for another: close

@@ -34,6 +34,7 @@ from twisted.web.server import version as SERVER
 from pothead.http_server import ServerChannel, ServerRequest
 from pothead.limits import MIB, Limits
 from pothead.request import RequestHead
+from pothead.sockets import send_now
 
 #: What a slot accepts from its hub: any body (the hub enforced its own
 #: limit), heads up to 1 MiB (the hub's own limit plus the headers it
@@ -63,7 +64,7 @@ class WSGIRequest(ServerRequest):
 
     __slots__ = (
         "method", "uri", "clientproto", "prepath", "postpath", "code_message",
-        "responseHeaders", "defaultContentType", "_waiting", "_gone",
+        "responseHeaders", "defaultContentType", "_length", "_waiting", "_gone",
     )
 
     def __init__(self, channel: SlotChannel, head: RequestHead) -> None:
@@ -78,6 +79,7 @@ class WSGIRequest(ServerRequest):
         self.code_message = b"OK"
         self.responseHeaders = Headers()
         self.defaultContentType: bytes | None = None
+        self._length: int | None = None
         self._waiting: list[Deferred[None]] = []
         self._gone = False
 
@@ -139,11 +141,20 @@ class WSGIRequest(ServerRequest):
         self.code_message = message or RESPONSES.get(code, b"Unknown Status")
 
     def write(self, data: bytes) -> None:
+        """
+        Write a piece of the body; the piece that completes a body of
+        known length is sent at once.  The response is complete for the
+        hub then, which can give this slot its next job while
+        twisted.web.wsgi's C{finish} is still on its way from the app's
+        thread (one more hand-over to the reactor).
+        """
         if self._gone:
             return
         if not self.started:
             self._write_head()
         super().write(data)
+        if self.sent == self._length:
+            send_now(self.channel.transport)
 
     def _write_head(self) -> None:
         fields = [(b"Server", SERVER), (b"Date", datetimeToString())]
@@ -152,6 +163,8 @@ class WSGIRequest(ServerRequest):
             if name == b"Content-Length":
                 length = values[-1]
             fields.extend((name, value) for value in values)
+        if length is not None and length.isdigit():
+            self._length = int(length)
         self.start(self.code, self.code_message, fields, length)
 
     def finish(self) -> None:
@@ -193,11 +206,15 @@ class SlotChannel(ServerChannel):
     says when it has no request in progress, so a draining slot can
     detach at that moment.
 
+    :ivar on_idle: called when no request is in progress.
+    :ivar detaching: whether the slot detaches at its next idle moment.
+
     :ivar ticket: the slot's admission ticket, for the app's middleware.
     :ivar attach_factory: the slot, told when app calls start and end.
     """
 
     on_idle = staticmethod(lambda: None)
+    detaching = staticmethod(lambda: False)
     ticket = None
     attach_factory = None
 
@@ -207,6 +224,15 @@ class SlotChannel(ServerChannel):
         self.host = self.transport.getHost()
         self.peer = self.transport.getPeer()
         self.secure = ISSLTransport.providedBy(self.transport)
+
+    def answered(self, request: ServerRequest) -> None:
+        if self.detaching():
+            # A slot that detaches once idle serves nothing more.  The hub
+            # had the response at its last byte and may have sent its next
+            # request already: the detach notice answers that one, as a
+            # requeue signal, and the hub gives it to another slot.
+            self._buffer.clear()
+        super().answered(request)
 
     def idle(self) -> None:
         super().idle()

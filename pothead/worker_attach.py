@@ -132,6 +132,7 @@ class AttachClient(HeadReceiver):
             return
         self._channel = self._server.buildProtocol(self.transport.getPeer())
         self._channel.on_idle = self._channel_idle
+        self._channel.detaching = self._detaching
         self._channel.ticket = self._ticket
         self._channel.attach_factory = self.factory
         self.switch_to(self._channel)
@@ -160,9 +161,12 @@ class AttachClient(HeadReceiver):
             self._detach()
         return closed
 
-    def _channel_idle(self) -> None:
+    def _detaching(self) -> bool:
         # A gated slot serves one job per admission.
-        if self._draining or self.factory.admission.per_job:
+        return self._draining or self.factory.admission.per_job
+
+    def _channel_idle(self) -> None:
+        if self._detaching():
             self._detach()
 
     def _detach(self) -> None:

@@ -9,7 +9,10 @@ end the app's response quietly.
 from __future__ import annotations
 
 import pytest
+import pytest_twisted
+from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -18,7 +21,9 @@ from twisted.web.wsgi import WSGIResource
 
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.slot_server import SlotServer, WSGIRequest
+from tests.conftest import wait_for
 from tests.test_attach import InThisThread
+from tests.test_sockets import Raw, received_without_reactor
 
 PEER = IPv4Address("TCP", "127.0.0.1", 4040)
 
@@ -175,3 +180,71 @@ def test_finished_request_notifies_and_slot_turns_idle():
     later: list = []
     request.notifyFinish().addBoth(later.append)
     assert later == [None]
+
+
+def test_detaching_slot_serves_no_request_sent_after_its_response():
+    """
+    A slot that detaches once idle (one job per admission, or draining)
+    does not serve a request the hub sent before the response was
+    finished: it turns idle, and its detach notice answers that request.
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    _, transport = served(server, b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n")
+    (request,) = held.requests
+    channel = request.channel
+    idle: list[bool] = []
+    channel.on_idle = lambda: idle.append(True)
+    channel.detaching = lambda: True
+    channel.dataReceived(b"GET /two HTTP/1.1\r\nHost: h\r\n\r\n")
+    request.finish()
+    assert [r.uri for r in held.requests] == [b"/one"] and idle == [True]
+    assert not channel.busy
+
+
+def test_request_sent_during_a_response_is_served_after_it():
+    """
+    A slot that stays attached serves the hub's next request, even one
+    sent before the last response's finish (the hub had it whole).
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    served(server, b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n")
+    (first,) = held.requests
+    first.channel.dataReceived(b"GET /two HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert len(held.requests) == 1
+    first.finish()
+    assert [r.uri for r in held.requests] == [b"/one", b"/two"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_of_known_length_sent_at_its_last_byte():
+    """
+    Over a real socket: the write that completes a body of declared
+    length is on the wire before finish() and before the reactor turns;
+    a body of unknown length waits for the reactor.
+    """
+    raw = Raw()
+    try:
+        for length, sent_at_once in ((b"2", True), (None, False)):
+            held = Held()
+            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", raw.port, timeout=5)
+            channel = await connectProtocol(endpoint, SlotServer(held, reactor).buildProtocol(PEER))
+            peer = raw.accept()
+            peer.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+            await wait_for(lambda held=held: held.requests, what="the request")
+            (request,) = held.requests
+            if length is not None:
+                request.responseHeaders.setRawHeaders(b"Content-Length", [length])
+            request.write(b"ok")
+            received = received_without_reactor(peer, 5 if sent_at_once else 0.2)
+            if sent_at_once:
+                assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+                assert received.endswith(b"\r\n\r\nok") and not request.finished
+            else:
+                assert received == b""
+            request.finish()
+            channel.transport.loseConnection()
+            peer.close()
+    finally:
+        raw.close()
