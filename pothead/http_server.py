@@ -69,7 +69,7 @@ class ServerRequest:
 
     __slots__ = (
         "channel", "head", "content", "code", "sent", "started", "finished",
-        "_chunked", "_body_allowed",
+        "_chunked", "_body_allowed", "_unsent",
     )
 
     def __init__(self, channel: ServerChannel, head: RequestHead) -> None:
@@ -82,6 +82,7 @@ class ServerRequest:
         self.finished = False
         self._chunked = False
         self._body_allowed = True
+        self._unsent = False
 
     def client_address(self):
         """The client's address."""
@@ -133,6 +134,7 @@ class ServerRequest:
             lines.append(b"Transfer-Encoding: chunked\r\n")
         lines.append(b"\r\n")
         self.channel.transport.writeSequence(lines)
+        self._unsent = True
 
     def write(self, data: bytes) -> None:
         """
@@ -145,6 +147,17 @@ class ServerRequest:
             self.channel.transport.writeSequence((b"%x\r\n" % (len(data),), data, b"\r\n"))
         else:
             self.channel.transport.write(data)
+        self._unsent = True
+
+    def flush(self) -> None:
+        """
+        Send what this response has written so far now, not on the
+        reactor's next turn (L{send_now}); nothing, not even an empty
+        C{send}, if it has all been sent.
+        """
+        if self._unsent:
+            self._unsent = False
+            send_now(self.channel.transport)
 
     def finish(self) -> None:
         """
@@ -152,8 +165,9 @@ class ServerRequest:
         """
         if self._chunked:
             self.channel.transport.write(b"0\r\n\r\n")
+            self._unsent = True
         self.finished = True
-        send_now(self.channel.transport)
+        self.flush()
         self.channel.answered(self)
 
     def register_producer(self, producer: IPushProducer) -> None:

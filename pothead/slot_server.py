@@ -34,7 +34,6 @@ from twisted.web.server import version as SERVER
 from pothead.http_server import ServerChannel, ServerRequest
 from pothead.limits import MIB, Limits
 from pothead.request import RequestHead
-from pothead.sockets import send_now
 
 #: What a slot accepts from its hub: any body (the hub enforced its own
 #: limit), heads up to 1 MiB (the hub's own limit plus the headers it
@@ -154,7 +153,7 @@ class WSGIRequest(ServerRequest):
             self._write_head()
         super().write(data)
         if self.sent == self._length:
-            send_now(self.channel.transport)
+            self.flush()
 
     def _write_head(self) -> None:
         fields = [(b"Server", SERVER), (b"Date", datetimeToString())]

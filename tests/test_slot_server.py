@@ -13,11 +13,13 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
+from zope.interface import implementer
 
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.slot_server import SlotServer, WSGIRequest
@@ -28,11 +30,11 @@ from tests.test_sockets import Raw, received_without_reactor
 PEER = IPv4Address("TCP", "127.0.0.1", 4040)
 
 
-def served(factory, request: bytes) -> tuple[bytes, StringTransport]:
+def served(factory, request: bytes, transport: StringTransport | None = None) -> tuple[bytes, StringTransport]:
     """
     What C{factory}'s protocol answers to C{request}, the app run at once.
     """
-    transport = StringTransport(peerAddress=PEER)
+    transport = transport or StringTransport(peerAddress=PEER)
     channel = factory.buildProtocol(PEER)
     channel.makeConnection(transport)
     channel.dataReceived(request)
@@ -248,3 +250,36 @@ async def test_body_of_known_length_sent_at_its_last_byte():
             peer.close()
     finally:
         raw.close()
+
+
+@implementer(IReadWriteDescriptor)
+class SendCountingTransport(StringTransport):
+    """
+    A transport that, like a socket's, can be told to send what it holds
+    now; it counts how often it is told.
+    """
+
+    sends = 0
+
+    def doWrite(self) -> None:
+        self.sends += 1
+
+
+def known_length(environ, start_response):
+    start_response("200 OK", [("Content-Length", "4")])
+    return [b"ab", b"cd"]
+
+
+@pytest.mark.parametrize("app", [known_length, no_length, environ_echo])
+def test_one_send_per_response(app):
+    """
+    A response is sent once, when complete: at its last byte if its
+    length is known, else at finish; finish after the last byte of a
+    known length sends nothing more (not even an empty C{send}).
+    """
+    now = InThisThread()
+    transport = SendCountingTransport(peerAddress=PEER)
+    response, _ = served(SlotServer(FlowControlledWSGIResource(now, now, flow_controlled(app)), Clock()),
+                         b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", transport)
+    assert response.startswith(b"HTTP/1.1 20") and response.endswith((b"abcd", b"0\r\n\r\n", b"body="))
+    assert transport.sends == 1
