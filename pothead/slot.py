@@ -58,7 +58,7 @@ class Slot(Protocol):
         self._parser: ResponseParser | None = None
         self._keep_alive = False
         self._handing_back = False
-        self._uploading = False
+        self._upload: BufferedBody | None = None
         self._closing = False
 
     def __repr__(self) -> str:
@@ -148,10 +148,10 @@ class Slot(Protocol):
         job.taken(self)
         self.transport.write(job.head)
         if job.body is not None:
-            self._upload(job.body)
+            self._send_body(job.body)
         send_now(self.transport)
 
-    def _upload(self, body: BufferedBody) -> None:
+    def _send_body(self, body: BufferedBody) -> None:
         """
         Send a request body: a small one at once, a larger one paused while
         the worker's connection is full.  The slot is not reused if the
@@ -160,17 +160,32 @@ class Slot(Protocol):
         sending = body.startProducing(self.transport)
         if sending.called:
             return
-        self._uploading = True
+        self._upload = body
         self.transport.registerProducer(body, True)
 
         def sent(result: object) -> None:
-            self._uploading = False
-            if self.connected:
-                self.transport.unregisterProducer()
+            if self._upload is body:
+                self._upload = None
+                if self.connected:
+                    self.transport.unregisterProducer()
 
         # A body cut short by a lost connection is that connection's
         # failure, reported by connectionLost.
         sending.addCallbacks(sent, lambda reason: None)
+
+    def _stop_upload(self) -> None:
+        """
+        The worker answered before the whole body was sent: send no more
+        of it.  The rest would only delay the close, and it is read from
+        the consumer's body, which is closed once the consumer is answered,
+        or read again from the start by the next slot if the job is
+        handed back.
+        """
+        body, self._upload = self._upload, None
+        if body is not None:
+            body.stopProducing()
+            if self.connected:
+                self.transport.unregisterProducer()
 
     # The response, as the parser hands it on.
 
@@ -189,9 +204,10 @@ class Slot(Protocol):
         job = self.job
         self._parser = self.job = None
         reusable = (
-            self._keep_alive and not self.single_use and not self._uploading
+            self._keep_alive and not self.single_use and self._upload is None
             and not self._handing_back and not rest
         )
+        self._stop_upload()
         # With jobs waiting, the worker gets the next one before this
         # job's consumer is answered: finishing a consumer's response
         # costs about as much as sending a job, and the worker would sit

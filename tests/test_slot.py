@@ -1,10 +1,18 @@
 """
 A slot's job loop, seen from the hub (pothead/slot.py): the order in
-which a free worker and a finished consumer are served.
+which a free worker and a finished consumer are served, and a body whose
+sending the worker's early answer cuts short.
 """
 
 from __future__ import annotations
 
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+from pothead.attach import DETACH_NOTICE
+from pothead.body import INLINE_BODY
+from tests.conftest import wait_for
 from tests.test_limits import GET, HubHarness, status
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
@@ -61,3 +69,49 @@ def test_without_a_waiting_job_the_consumer_is_answered_first():
     slot.dataReceived(OK)
     assert moments == [(b"", 0)]
     assert status(consumer) == b"HTTP/1.1 200 OK" and harness.pool.idle == 1
+
+
+#: A body large enough to be streamed to the worker, not written at once.
+BODY = bytes(range(256)) * (4 * INLINE_BODY // 256)
+POST = b"POST /up HTTP/1.1\r\nHost: hub\r\nContent-Length: %d\r\n\r\n%s" % (len(BODY), BODY)
+
+
+@pytest_twisted.ensureDeferred
+async def test_early_answer_stops_the_upload_and_closes_the_slot():
+    """
+    A worker that answers before the hub has sent the whole body (an app
+    that refuses an upload unread) gets no more of it: the consumer has
+    its answer, and the slot, which cannot be reused, is closed at once
+    instead of waiting for a body nobody reads.
+    """
+    harness = HubHarness()
+    slot, worker_transport = harness.worker()
+    _, consumer = harness.consumer(POST)
+    assert worker_transport.value().startswith(b"POST /up HTTP/1.1\r\n")
+    slot.dataReceived(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+    assert status(consumer) == b"HTTP/1.1 413 Content Too Large"
+    assert worker_transport.disconnecting and worker_transport.producer is None
+    sent = worker_transport.value()
+    await deferLater(reactor, 0.05, lambda: None)
+    assert worker_transport.value() == sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_body_of_a_handed_back_job_reaches_the_next_slot_whole():
+    """
+    A job handed back while its body is being sent (the worker detached)
+    goes to the next slot with its body whole, read from the start, and
+    the first slot sends no more of it.
+    """
+    harness = HubHarness()
+    first, first_transport = harness.worker()
+    harness.consumer(POST)
+    first.dataReceived(DETACH_NOTICE)
+    assert first_transport.disconnecting and first_transport.producer is None
+    sent = first_transport.value()
+    # The harness clears what the hub wrote while the slot attached: the
+    # job's head, written at once; the body follows on the reactor's turns.
+    second, second_transport = harness.worker()
+    await wait_for(lambda: len(second_transport.value()) >= len(BODY), what="the body")
+    assert second_transport.value() == BODY
+    assert first_transport.value() == sent
