@@ -72,6 +72,12 @@ class ServerRequest:
         "_chunked", "_body_allowed", "_unsent",
     )
 
+    #: Whether a request whose body is still arriving is handled at once,
+    #: its body read as it arrives (C{received} and C{body_complete} then
+    #: feed and end it).  Otherwise a request is handled once its body is
+    #: complete.
+    streams_body = False
+
     def __init__(self, channel: ServerChannel, head: RequestHead) -> None:
         self.channel = channel
         self.head = head
@@ -205,6 +211,13 @@ class ServerRequest:
             self.content = SpooledTemporaryFile(SPOOL_IN_MEMORY)
         self.content.write(data)
 
+    def body_complete(self) -> None:
+        """
+        The whole body has arrived: rewind it to be read.
+        """
+        if self.content is not None:
+            self.content.seek(0)
+
     def close(self) -> None:
         """
         Let go of the spooled body.
@@ -264,6 +277,8 @@ class ServerChannel(Protocol):
         self._closing = False
         self._paused = False
         self._reading = False
+        #: Whether the request being received was handed on at its head.
+        self._streaming = False
         #: How much of the buffer holds no head end.
         self._searched = 0
 
@@ -355,6 +370,9 @@ class ServerChannel(Protocol):
             self._body.chunked(rest)
         else:
             self._body.counted(head.length, rest)
+        if self._body is not None and request.streams_body:
+            self._streaming = True
+            self.factory.handle(request)
         return True
 
     def _body_piece(self, data: bytes) -> None:
@@ -368,12 +386,19 @@ class ServerChannel(Protocol):
     def _body_done(self, rest: bytes) -> None:
         self._body = None
         self._clear_deadline()
-        self._handle(self._request, rest)
+        request = self._request
+        if not self._streaming:
+            self._handle(request, rest)
+            return
+        self._streaming = False
+        self._buffer = bytearray(rest)
+        request.body_complete()
+        if request.finished:
+            self.answered(request)
 
     def _handle(self, request: ServerRequest, rest: bytes) -> None:
         self._buffer = bytearray(rest)
-        if request.content is not None:
-            request.content.seek(0)
+        request.body_complete()
         self.factory.handle(request)
 
     def answered(self, request: ServerRequest) -> None:
@@ -381,7 +406,14 @@ class ServerChannel(Protocol):
         The response to C{request} is complete: tell the factory, then
         read the next request, or close the connection if it carries no
         more.
+
+        A response may be complete before a streamed body is: the rest of
+        the body is then read and dropped, and the connection goes on
+        once it ends.
         """
+        if self._body is not None:
+            request.close()
+            return
         self.factory.answered(request)
         request.close()
         self._request = None

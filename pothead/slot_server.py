@@ -1,7 +1,8 @@
 """
 What a worker's slot serves once attached: the requests the hub sends
 down it, read by pothead's own HTTP/1.1 server (L{pothead.http_server})
-and handed to twisted.web.wsgi as though twisted.web had read them.
+and handed to twisted.web.wsgi as though twisted.web had read them, but
+at once: the app reads the body as it arrives (L{pothead.body_pipe}).
 
 A slot's connection carries one request at a time from one peer, the hub,
 which has already checked every request against its own limits; what is
@@ -31,6 +32,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import version as SERVER
 
+from pothead.body_pipe import BodyPipe
 from pothead.http_server import ServerChannel, ServerRequest
 from pothead.limits import MIB, Limits
 from pothead.request import RequestHead
@@ -59,7 +61,12 @@ class WSGIRequest(ServerRequest):
 
     Like twisted.web's, the response head goes out with the first write
     (or at C{finish}); writes after the connection is gone are dropped.
+    Unlike twisted.web's, a request is handed to the app as soon as its
+    head is read, its body (C{content}, C{wsgi.input}) read by the app as
+    it arrives (L{BodyPipe}).
     """
+
+    streams_body = True
 
     __slots__ = (
         "method", "uri", "clientproto", "prepath", "postpath", "code_message",
@@ -81,6 +88,19 @@ class WSGIRequest(ServerRequest):
         self._length: int | None = None
         self._waiting: list[Deferred[None]] = []
         self._gone = False
+
+    def received(self, data: bytes) -> None:
+        if self.content is None:
+            transport = self.channel.transport
+            self.content = BodyPipe(transport.pauseProducing, self._resume_reading)
+        self.content.write(data)
+
+    def body_complete(self) -> None:
+        if self.content is not None:
+            self.content.end()
+
+    def _resume_reading(self) -> None:
+        self.channel.factory.reactor.callFromThread(self.channel.transport.resumeProducing)
 
     # What WSGIResource reads.
 
@@ -188,6 +208,8 @@ class WSGIRequest(ServerRequest):
         The hub went away before the response was complete.
         """
         self._gone = True
+        if isinstance(self.content, BodyPipe):
+            self.content.fail()
         self._notify(Failure(ConnectionLost()))
 
     def _notify(self, result: Failure | None) -> None:
@@ -247,9 +269,11 @@ class SlotServer(Factory):
     request_class = WSGIRequest
     limits = SLOT_LIMITS
 
-    def __init__(self, resource: IResource, clock: IReactorTime) -> None:
+    def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
         self.resource = resource
-        self.clock = clock
+        #: Its C{callFromThread} resumes reading a body the app caught up on.
+        self.reactor = reactor
+        self.clock = reactor
 
     def buildProtocol(self, addr) -> SlotChannel:
         return SlotChannel(self)

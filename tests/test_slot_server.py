@@ -13,6 +13,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IReadWriteDescriptor
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -283,3 +284,54 @@ def test_one_send_per_response(app):
                          b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", transport)
     assert response.startswith(b"HTTP/1.1 20") and response.endswith((b"abcd", b"0\r\n\r\n", b"body="))
     assert transport.sends == 1
+
+
+def test_body_still_arriving_is_read_by_the_app_as_it_comes():
+    """
+    A request whose body has not all arrived is handed to the app at its
+    head; the app reads what has arrived, and the rest as it comes.
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nfirst")
+    (request,) = held.requests
+    assert request.content.read(5) == b"first"
+    request.channel.dataReceived(b"-last")
+    assert request.content.read() == b"-last"
+    request.finish()
+    assert not request.channel.busy
+
+
+def test_answer_before_the_body_ends_drops_the_rest():
+    """
+    An app may answer before it reads the whole body: the response goes
+    out at once, the rest of the body is read and dropped, and the slot
+    serves the hub's next request only after it (never taking body bytes
+    for a request).
+    """
+    held = Held()
+    server = SlotServer(held, Clock())
+    _, transport = served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nGET /")
+    (request,) = held.requests
+    idle: list[bool] = []
+    channel = request.channel
+    channel.on_idle = lambda: idle.append(True)
+    request.setResponseCode(413)
+    request.finish()
+    assert transport.value().startswith(b"HTTP/1.1 413 ")
+    assert channel.busy and idle == []
+    channel.dataReceived(b" HTTPGET /next HTTP/1.1\r\nHost: h\r\n\r\n")
+    assert [r.uri for r in held.requests] == [b"/up", b"/next"]
+    held.requests[1].finish()
+    assert idle == [True] and not channel.busy
+
+
+def test_hub_gone_mid_body_fails_the_apps_read():
+    held = Held()
+    server = SlotServer(held, Clock())
+    served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nhalf")
+    (request,) = held.requests
+    request.channel.connectionLost(Failure(ConnectionError()))
+    assert request.content.read(4) == b"half"
+    with pytest.raises(ConnectionLost):
+        request.content.read(1)
