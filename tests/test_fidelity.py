@@ -895,6 +895,21 @@ async def test_request_body(servers, app, size, chunked):
 
 
 @pytest_twisted.ensureDeferred
+async def test_answer_without_reading_a_large_body(servers, app):
+    """
+    An app that answers a large upload without reading it (a refusal)
+    answers as it does directly, and the requests after it, on the same
+    connection and on the worker's next slot, are served whole.
+    """
+    body = random.Random(7).randbytes(20 * MIB)
+    refused = request_bytes(b"POST", b"/_/status/413/Too%20Large", [], body)
+    after = request_bytes(b"POST", b"/_/hash", [], body[:MIB])
+    responses = await servers.compare(refused + after + refused + after, [b"POST"] * 4)
+    assert [r.code for r in responses] == [413, 200, 413, 200]
+    assert json.loads(responses[3].body)["body_sha256"] == hashlib.sha256(body[:MIB]).hexdigest()
+
+
+@pytest_twisted.ensureDeferred
 async def test_large_streamed_response(servers, app):
     """A 50 MB generated response arrives whole and identical."""
     size = 50 * 1000 * 1000
