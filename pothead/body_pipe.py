@@ -15,6 +15,7 @@ the app is behind.
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Callable, Iterator
 
@@ -107,18 +108,21 @@ class BodyPipe:
 
     def read(self, size: int | None = -1) -> bytes:
         """
-        Read up to C{size} bytes, waiting for at least one (or the end);
-        all of the rest if C{size} is negative or L{None}.
+        Read C{size} bytes, fewer only at the end of the body, as a file
+        reads (apps read C{CONTENT_LENGTH} bytes in one call); all of the
+        rest if C{size} is negative or L{None}.
         """
-        if size is not None and size >= 0:
-            with self._ready:
-                self._wait(lambda: len(self._unread) > 0 or size == 0)
-                return self._take(size)
-        # Taken as it arrives, or the reactor would never be told to read
-        # past the high water mark.
+        wanted = sys.maxsize if size is None or size < 0 else size
         pieces = []
-        while piece := self.read(HIGH_WATER):
-            pieces.append(piece)
+        with self._ready:
+            # Taken as it arrives, not once all is here: the reactor is
+            # told to read on only as the app takes what it holds.
+            while wanted > 0:
+                self._wait(lambda: len(self._unread) > 0)
+                if not self._unread:
+                    break
+                pieces.append(self._take(wanted))
+                wanted -= len(pieces[-1])
         return b"".join(pieces)
 
     def readline(self, size: int | None = -1) -> bytes:

@@ -64,6 +64,7 @@ def in_thread(f):
             raise value
         return value
 
+    result.done = lambda seconds: (thread.join(seconds), bool(outcome))[1]
     return result
 
 
@@ -72,22 +73,27 @@ def test_reads_in_pieces_then_the_end():
     pipe.write(b"hello ")
     pipe.write(b"world")
     assert pipe.read(3) == b"hel"
-    assert pipe.read(100) == b"lo world"
+    assert pipe.read(8) == b"lo world"
     pipe.end()
     assert pipe.read(5) == b"" and pipe.read() == b""
     assert pipe.tell() == 11
 
 
-def test_read_waits_for_data():
+def test_read_waits_for_all_it_asked_for():
+    """
+    read(n) returns n bytes, as a file's read does, however the body
+    arrives: apps read CONTENT_LENGTH bytes in one call.
+    """
     pipe = Flow().pipe()
     reading = in_thread(lambda: pipe.read(4))
     pipe.write(b"ab")
-    assert reading() == b"ab"
-    rest = in_thread(pipe.read)
-    pipe.write(b"cd")
-    pipe.write(b"ef")
+    assert not reading.done(0.05)
+    pipe.write(b"cdef")
+    assert reading() == b"abcd"
+    rest = in_thread(lambda: pipe.read(10))
+    pipe.write(b"gh")
     pipe.end()
-    assert rest() == b"cdef"
+    assert rest() == b"efgh"
 
 
 def test_lines():
@@ -140,6 +146,24 @@ def test_whole_body_larger_than_the_buffer():
     pipe.end()
     assert len(reading()) == pieces * len(piece)
     assert flow.pauses >= 3 and flow.resumes == flow.pauses
+
+
+def test_one_read_larger_than_the_buffer():
+    """
+    read(n) for n past the high water mark takes what arrives as it
+    arrives, so the connection is resumed and the whole n is read.
+    """
+    flow = Flow()
+    pipe = flow.pipe()
+    size = 3 * HIGH_WATER + 5
+    reading = in_thread(lambda: pipe.read(size))
+    piece = b"w" * 65536
+    written = 0
+    while written < size + len(piece):
+        assert flow.pauses == flow.resumes or flow.resumed.wait(WAIT)
+        pipe.write(piece)
+        written += len(piece)
+    assert reading() == b"w" * size
 
 
 def test_long_line_larger_than_the_buffer():
