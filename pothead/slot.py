@@ -127,6 +127,11 @@ class Slot(Protocol):
         """
         self._closing = True
         self._leave_line()
+        if not self.connected:
+            # Lost already: a job this slot failed can still ask for the
+            # abort when its consumer goes, and a TLS transport's
+            # abortConnection raises once the connection is gone.
+            return
         if abort:
             self.transport.abortConnection()
         else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 
 from pothead.attach import DETACH_NOTICE
 from pothead.body import INLINE_BODY
@@ -115,3 +117,20 @@ async def test_body_of_a_handed_back_job_reaches_the_next_slot_whole():
     await wait_for(lambda: len(second_transport.value()) >= len(BODY), what="the body")
     assert second_transport.value() == BODY
     assert first_transport.value() == sent
+
+
+def test_consumer_gone_after_the_worker_leaves_the_lost_slot_alone():
+    """
+    A worker lost mid-response breaks the consumer's response; when the
+    consumer's connection then closes, the job does not abort the slot's
+    connection again (a TLS transport raises on an abort once lost).
+    """
+    harness = HubHarness()
+    slot, worker_transport = harness.worker()
+    consumer_channel, consumer = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    aborts: list[bool] = []
+    worker_transport.abortConnection = lambda: aborts.append(True)
+    slot.connectionLost(Failure(ConnectionLost()))
+    consumer_channel.connectionLost(Failure(ConnectionLost()))
+    assert aborts == [] and consumer.value().endswith(b"half")
