@@ -82,12 +82,19 @@ class BodyPipe:
 
     def fail(self, error: Exception | None = None) -> None:
         """
-        The body will never be complete (the connection was lost): a read
-        that needs more than has arrived raises C{error}.
+        The rest of the body will never be read (the connection was lost,
+        or is closing): a read that needs more than has arrived raises
+        C{error}, what still arrives is dropped, and the connection is
+        read again, so that it can close (a TLS close waits to read the
+        peer's close_notify, behind the rest of the body).
         """
         with self._ready:
             self._error = error or ConnectionLost("the hub went away before the body was complete")
+            self._dropping = True
+            resume, self._paused = self._paused, False
             self._ready.notify_all()
+        if resume:
+            self._resume()
 
     def close(self) -> None:
         """

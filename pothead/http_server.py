@@ -74,8 +74,8 @@ class ServerRequest:
 
     #: Whether a request whose body is still arriving is handled at once,
     #: its body read as it arrives (C{received} and C{body_complete} then
-    #: feed and end it).  Otherwise a request is handled once its body is
-    #: complete.
+    #: feed and end it, C{abandon_body} gives it up).  Otherwise a request
+    #: is handled once its body is complete.
     streams_body = False
 
     def __init__(self, channel: ServerChannel, head: RequestHead) -> None:
@@ -217,6 +217,12 @@ class ServerRequest:
         """
         if self.content is not None:
             self.content.seek(0)
+
+    def abandon_body(self) -> None:
+        """
+        The connection is closing before a streamed body was all read:
+        see L{streams_body}.  Nothing to do for a spooled body.
+        """
 
     def close(self) -> None:
         """
@@ -495,6 +501,9 @@ class ServerChannel(Protocol):
         self._clear_deadline()
         self._closing = True
         self._body = None
+        if self._streaming:
+            self._streaming = False
+            self._request.abandon_body()
         _log.info(
             "refused a request from {peer}: {status} ({why})",
             peer=host_port(self.transport.getPeer()),

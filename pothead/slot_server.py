@@ -99,6 +99,10 @@ class WSGIRequest(ServerRequest):
         if self.content is not None:
             self.content.end()
 
+    def abandon_body(self) -> None:
+        if isinstance(self.content, BodyPipe):
+            self.content.fail()
+
     def _resume_reading(self) -> None:
         self.channel.factory.reactor.callFromThread(self.channel.transport.resumeProducing)
 
@@ -195,6 +199,10 @@ class WSGIRequest(ServerRequest):
         self._notify(None)
 
     def loseConnection(self) -> None:
+        # twisted.web.wsgi's answer to an app that failed after its
+        # response started: the rest of the body will not be read, and
+        # a connection left paused by it would never finish closing.
+        self.abandon_body()
         self.channel.transport.loseConnection()
 
     def registerProducer(self, producer: IPushProducer, streaming: bool) -> None:
@@ -208,8 +216,7 @@ class WSGIRequest(ServerRequest):
         The hub went away before the response was complete.
         """
         self._gone = True
-        if isinstance(self.content, BodyPipe):
-            self.content.fail()
+        self.abandon_body()
         self._notify(Failure(ConnectionLost()))
 
     def _notify(self, result: Failure | None) -> None:

@@ -205,3 +205,19 @@ def test_closed_pipe_drops_the_rest_and_resumes_the_connection():
     pipe.write(b"more")
     assert pipe.read() == b""
     assert pipe.tell() == HIGH_WATER + 5
+
+
+def test_failed_pipe_drops_the_rest_and_resumes_the_connection():
+    """
+    A body given up (the connection is closing) lets the connection be
+    read again, so that it can close.
+    """
+    flow = Flow()
+    pipe = flow.pipe()
+    pipe.write(b"x" * (HIGH_WATER + 1))
+    pipe.fail()
+    assert flow.resumes == 1
+    pipe.write(b"more")
+    assert len(pipe.read(HIGH_WATER + 1)) == HIGH_WATER + 1
+    with pytest.raises(ConnectionLost):
+        pipe.read(1)

@@ -22,6 +22,7 @@ from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 from zope.interface import implementer
 
+from pothead.body_pipe import HIGH_WATER
 from pothead.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.slot_server import SlotServer, WSGIRequest
 from tests.conftest import wait_for
@@ -333,5 +334,49 @@ def test_hub_gone_mid_body_fails_the_apps_read():
     (request,) = held.requests
     request.channel.connectionLost(Failure(ConnectionError()))
     assert request.content.read(4) == b"half"
+    with pytest.raises(ConnectionLost):
+        request.content.read(1)
+
+
+class ClockAndThreads(Clock):
+    """
+    A fake clock whose C{callFromThread} runs what it is given at once.
+    """
+
+    def callFromThread(self, f, *args) -> None:
+        f(*args)
+
+
+def test_app_failing_mid_response_lets_the_connection_close():
+    """
+    An app that fails after its response started (twisted.web.wsgi then
+    calls loseConnection) with a large body unread: the body is given up
+    and the connection read again, since a TLS close must read the hub's
+    close_notify behind the rest of the body; a waiting read fails.
+    """
+    held = Held()
+    server = SlotServer(held, ClockAndThreads())
+    length = 3 * HIGH_WATER
+    _, transport = served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: %d\r\n\r\n" % length)
+    (request,) = held.requests
+    request.channel.dataReceived(b"x" * (HIGH_WATER + 10))
+    assert transport.producerState == "paused"
+    request.write(b"started")
+    request.loseConnection()
+    assert transport.producerState == "producing" and transport.disconnecting
+    request.content.read(HIGH_WATER + 10)
+    with pytest.raises(ConnectionLost):
+        request.content.read(1)
+
+
+def test_malformed_streamed_body_refused_and_given_up():
+    held = Held()
+    server = SlotServer(held, ClockAndThreads())
+    _, transport = served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                  b"3\r\nabc\r\n")
+    (request,) = held.requests
+    request.channel.dataReceived(b"zz\r\n")
+    assert b"400 Bad Request" in transport.value() and transport.disconnecting
+    assert request.content.read(3) == b"abc"
     with pytest.raises(ConnectionLost):
         request.content.read(1)
