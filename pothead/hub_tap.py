@@ -29,6 +29,7 @@ _LIMIT_OPTIONS = {
     "retry-after": "retry_after",
     "retries": "retries",
     "stop-timeout": "stop_timeout",
+    "stall-timeout": "stall_timeout",
 }
 
 
@@ -81,6 +82,10 @@ class Options(usage.Options):
              "worker vanished before answering.", int),
             ("stop-timeout", DEFAULTS.stop_timeout,
              "Seconds queued and in-flight jobs get to finish when the hub stops.", float),
+            ("stall-timeout", DEFAULTS.stall_timeout,
+             "Seconds a response may go without a byte from its worker (stopped, "
+             "or held back by a consumer that stopped reading); then both are "
+             "cut off.", float),
         ]
     ]
 

@@ -54,7 +54,7 @@ class Job:
     __slots__ = (
         "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
         "lost_workers", "handed_back", "slot", "gone", "responding", "body", "head",
-        "queued_until", "requeued",
+        "queued_until", "requeued", "_last_byte",
     )
 
     def __init__(
@@ -185,8 +185,9 @@ class Job:
 
     def _settle(self) -> None:
         """
-        The job is over, or its worker has started answering: no deadline
-        applies any more.
+        The job is over, or its worker has started answering: its timer
+        (the request deadline, or the stall watch once the response is
+        being relayed) stops.
         """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
@@ -235,18 +236,43 @@ class Job:
         self.responding = True
         request.start(head.code, head.phrase, _relayed_headers(head), head.content_length)
         request.register_producer(worker)
+        # One timer for the whole body, not one per piece: each piece only
+        # notes the time, and the timer, when it fires, looks how long ago.
+        self._last_byte = self._clock.seconds()
+        self._timer = self._clock.callLater(self.limits.stall_timeout, self._check_stall)
 
     def relay_body(self, data: bytes) -> None:
         """
         Pass on a piece of the worker's response body.
         """
         if self.responding and not self.gone:
+            self._last_byte = self._clock.seconds()
             self.request.write(data)
+
+    def _check_stall(self) -> None:
+        self._timer = None
+        if not self.responding or self.gone:
+            return
+        quiet = self._clock.seconds() - self._last_byte
+        stall = self.limits.stall_timeout
+        if quiet < stall:
+            self._timer = self._clock.callLater(stall - quiet, self._check_stall)
+            return
+        _log.warn(
+            "response to {request} from {peer} stalled: nothing from worker {worker} for "
+            "{stall:g}s; both cut off",
+            request=self.what, peer=self.peer, worker=self.slot.worker, stall=stall,
+        )
+        self.responding = False
+        self.request.unregister_producer()
+        self.abort()
+        self.slot.abort()
 
     def response_done(self) -> None:
         """
         The worker's response is complete: so is the consumer's.
         """
+        self._settle()
         if self.responding and not self.gone:
             self.responding = False
             self.request.unregister_producer()
@@ -257,6 +283,7 @@ class Job:
         The worker's response broke off: cut the consumer off too, so that
         a truncated body never looks complete.
         """
+        self._settle()
         if self.responding and not self.gone:
             self.responding = False
             self.request.unregister_producer()

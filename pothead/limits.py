@@ -42,6 +42,11 @@ class Limits:
         is handed to another worker (idempotent methods only).
     :ivar stop_timeout: seconds queued and in-flight jobs get to finish
         when the hub stops.
+    :ivar stall_timeout: seconds a response being relayed may go without
+        a byte from its worker (a worker that stopped sending, or one
+        paused that long because its consumer stopped reading); then the
+        consumer and the worker's slot are both cut off, so that neither
+        holds the other for good.
 
     A header, body or idle timeout of L{None} is no timeout at all (a
     worker's slot has none).
@@ -60,3 +65,4 @@ class Limits:
     retry_after: int = 5
     retries: int = 1
     stop_timeout: float = 30 * SECOND
+    stall_timeout: float = 5 * MINUTE

@@ -184,6 +184,48 @@ def test_response_head_stops_request_timeout():
     assert harness.pool.idle == 1
 
 
+def stall_watches(harness: HubHarness) -> list:
+    return [call for call in harness.clock.getDelayedCalls()
+            if call.active() and call.func.__name__ == "_check_stall"]
+
+
+def test_stalled_response_cuts_off_consumer_and_worker():
+    """
+    A response from which nothing has come for the stall timeout (the
+    worker stopped sending, or was held back that long by a consumer that
+    stopped reading): the consumer is cut off, never handed a short body
+    as complete, and so is the worker's slot, which no one else could
+    use while it waits.  A response that keeps coming, however slowly,
+    is never cut.
+    """
+    harness = HubHarness(request_timeout=10, stall_timeout=30)
+    slot, worker_transport = harness.worker()
+    _, transport = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(5):
+        harness.clock.advance(20)
+        slot.dataReceived(b"x")
+    assert not transport.disconnecting and not worker_transport.disconnecting
+    harness.clock.advance(29.9)
+    assert not transport.disconnecting
+    harness.clock.advance(0.2)
+    assert transport.disconnected and worker_transport.disconnected
+    assert transport.value().endswith(b"\r\n\r\nxxxxx")
+    slot.connectionLost(Failure(ConnectionError()))
+    assert harness.pool.slots == set() and stall_watches(harness) == []
+
+
+def test_stall_watch_ends_with_the_response():
+    harness = HubHarness(stall_timeout=30)
+    slot, worker_transport = harness.worker()
+    _, transport = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert status(transport) == b"HTTP/1.1 200 OK"
+    assert stall_watches(harness) == []
+    harness.clock.advance(60)
+    assert not worker_transport.disconnecting and harness.pool.idle == 1
+
+
 def test_body_over_limit_by_content_length_is_413_before_reading():
     """
     A Content-Length over the limit is refused from the head, before any

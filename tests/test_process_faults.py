@@ -7,6 +7,7 @@ hub stopped with work in hand.
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -191,3 +192,22 @@ def test_drain_timeout_cuts_and_exits(tmp_path, started):
     assert answered < 3
     assert worker.process.returncode != 0
     worker.wait_for(r"drain timed out")
+
+
+def test_consumer_that_stops_reading_releases_the_worker(tmp_path, started):
+    """
+    A consumer that asks for a large response and stops reading holds the
+    worker back (backpressure) only for the stall timeout: then both are
+    cut off, and the worker's slot serves the next consumer.
+    """
+    log = tmp_path / "calls"
+    hub, (consumer, worker_port) = start_hub(tmp_path, "--stall-timeout", "1")
+    started.append(hub)
+    started.append(start_worker(tmp_path, worker_port, log, "--slots", "1"))
+    hub.wait_for(r"attached to pool default", count=1)
+    with socket.create_connection(("127.0.0.1", consumer), timeout=10) as stuck:
+        stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        stuck.sendall(b"GET /big?bytes=100000000 HTTP/1.1\r\nHost: hub\r\n\r\n")
+        hub.wait_for(r"stalled: nothing from worker .* for 1s; both cut off")
+        hub.wait_for(r"attached to pool default", count=2)
+        assert get(f"http://127.0.0.1:{consumer}/after")[0] == 200

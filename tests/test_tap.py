@@ -53,6 +53,7 @@ def test_hub_defaults(monkeypatch):
         "retry-after": 5,
         "retries": 1,
         "stop-timeout": 30.0,
+        "stall-timeout": 300.0,
         "limits": Limits(),
     }
 
@@ -73,7 +74,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "--max-body-size", "100", "--max-header-size", "1000",
         "--header-timeout", "2", "--body-timeout", "3", "--idle-timeout", "20",
         "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
-        "--retries", "0",
+        "--retries", "0", "--stall-timeout", "45",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
@@ -95,10 +96,11 @@ def test_hub_options(tmp_path, monkeypatch):
         "retry-after": 11,
         "retries": 0,
         "stop-timeout": 4.0,
+        "stall-timeout": 45.0,
         "limits": Limits(
             max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
             max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0, idle_timeout=20.0,
-            attach_timeout=2.5, retry_after=11, retries=0, stop_timeout=4.0,
+            attach_timeout=2.5, retry_after=11, retries=0, stop_timeout=4.0, stall_timeout=45.0,
         ),
     }
 

@@ -1,7 +1,8 @@
 """
 A WSGI app for the process fault tests: it records every invocation in a
 file (so several worker processes can be counted together) and sleeps as
-asked.
+asked, or answers with as many bytes as asked (``?bytes=N``, in 64 KiB
+pieces).
 
 ``POTHEAD_TEST_LOG`` names the file; ``?sleep=SECONDS`` the work, scaled
 by ``POTHEAD_TEST_SLEEP_SCALE`` (default 1) so that one worker can be slow
@@ -20,6 +21,10 @@ def app(environ, start_response):
         log.write(f"{os.getpid()} {environ['REQUEST_METHOD']} {environ['PATH_INFO']}\n")
     scale = float(os.environ.get("POTHEAD_TEST_SLEEP_SCALE", "1"))
     time.sleep(float(query.get("sleep", ["0"])[0]) * scale)
+    if "bytes" in query:
+        size = int(query["bytes"][0])
+        start_response("200 OK", [("Content-Length", str(size))])
+        return (b"b" * min(65536, size - at) for at in range(0, size, 65536))
     answer = b"pid %d got %d bytes" % (os.getpid(), len(body))
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
     return [answer]
