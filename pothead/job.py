@@ -139,7 +139,7 @@ class Job:
         """
         self.slot = slot
         delay = max(0.0, self._request_deadline - self._clock.seconds())
-        self._timer = self._clock.callLater(delay, self._no_response)
+        self._timer = self._clock.callLater(delay, self._time_up)
 
     def _wait_in_line(self) -> None:
         waited_enough = self._clock.seconds() + self.limits.queue_timeout
@@ -156,8 +156,25 @@ class Job:
         else:
             self._too_late()
 
-    def _no_response(self) -> None:
+    def _time_up(self) -> None:
+        """
+        The job's one timer went off: the request deadline until the
+        response head, the stall watch after it.
+        """
         self._timer = None
+        if self.responding:
+            self._check_stall()
+        else:
+            self._no_response()
+
+    def _watch(self, seconds: float) -> None:
+        # Moving the request deadline's timer costs less than replacing it.
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(seconds)
+        else:
+            self._timer = self._clock.callLater(seconds, self._time_up)
+
+    def _no_response(self) -> None:
         # The worker may still be busy with it; drop that connection so a
         # late answer can never reach anyone.
         self.slot.abort()
@@ -230,8 +247,8 @@ class Job:
             stays flat whatever the body's size.
         """
         request = self.request
-        self._settle()
         if self.gone or request.finished:
+            self._settle()
             return
         self.responding = True
         request.start(head.code, head.phrase, _relayed_headers(head), head.content_length)
@@ -239,7 +256,7 @@ class Job:
         # One timer for the whole body, not one per piece: each piece only
         # notes the time, and the timer, when it fires, looks how long ago.
         self._last_byte = self._clock.seconds()
-        self._timer = self._clock.callLater(self.limits.stall_timeout, self._check_stall)
+        self._watch(self.limits.stall_timeout)
 
     def relay_body(self, data: bytes) -> None:
         """
@@ -250,13 +267,12 @@ class Job:
             self.request.write(data)
 
     def _check_stall(self) -> None:
-        self._timer = None
-        if not self.responding or self.gone:
+        if self.gone:
             return
         quiet = self._clock.seconds() - self._last_byte
         stall = self.limits.stall_timeout
         if quiet < stall:
-            self._timer = self._clock.callLater(stall - quiet, self._check_stall)
+            self._watch(stall - quiet)
             return
         _log.warn(
             "response to {request} from {peer} stalled: nothing from worker {worker} for "

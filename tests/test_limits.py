@@ -186,7 +186,7 @@ def test_response_head_stops_request_timeout():
 
 def stall_watches(harness: HubHarness) -> list:
     return [call for call in harness.clock.getDelayedCalls()
-            if call.active() and call.func.__name__ == "_check_stall"]
+            if call.active() and call.func.__name__ == "_time_up"]
 
 
 def test_stalled_response_cuts_off_consumer_and_worker():
