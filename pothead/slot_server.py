@@ -27,6 +27,7 @@ from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
+from twisted.python.threadable import isInIOThread
 from twisted.web.http import RESPONSES, datetimeToString
 from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
@@ -104,7 +105,12 @@ class WSGIRequest(ServerRequest):
             self.content.fail()
 
     def _resume_reading(self) -> None:
-        self.channel.factory.reactor.callFromThread(self.channel.transport.resumeProducing)
+        # From the app's thread, handed to the reactor; from the reactor's
+        # (a body given up), at once, before the connection's close.
+        if isInIOThread():
+            self.channel.transport.resumeProducing()
+        else:
+            self.channel.factory.reactor.callFromThread(self.channel.transport.resumeProducing)
 
     # What WSGIResource reads.
 
