@@ -34,8 +34,8 @@ class BodyPipe:
 
     :param pause: called in the reactor thread when too much is unread.
     :param resume: called when the app has caught up, in the app's thread
-        (or the reactor's, from L{close}); it must hand the work to the
-        reactor thread.
+        (or the reactor's, from L{fail} or L{close}); it must hand the work
+        to the reactor thread.
     """
 
     def __init__(self, pause: Callable[[], None], resume: Callable[[], None]) -> None:
@@ -84,29 +84,32 @@ class BodyPipe:
         """
         The rest of the body will never be read (the connection was lost,
         or is closing): a read that needs more than has arrived raises
-        C{error}, what still arrives is dropped, and the connection is
-        read again, so that it can close (a TLS close waits to read the
-        peer's close_notify, behind the rest of the body).
+        C{error}, and what still arrives is dropped (see L{_drop_the_rest}).
         """
-        with self._ready:
-            self._error = error or ConnectionLost("the hub went away before the body was complete")
-            self._dropping = True
-            resume, self._paused = self._paused, False
-            self._ready.notify_all()
-        if resume:
-            self._resume()
+        self._drop_the_rest(error=error or ConnectionLost("the hub went away before the body was complete"))
 
     def close(self) -> None:
         """
-        Nobody will read the rest: drop what is unread and whatever still
-        arrives, and let the connection be read again, so that the body
-        can be read to its end and the connection serve its next request.
+        Nobody will read the rest: drop what is unread too, so that the
+        body can be read to its end and the connection serve its next
+        request.
+        """
+        self._drop_the_rest(unread_too=True)
+
+    def _drop_the_rest(self, error: Exception | None = None, unread_too: bool = False) -> None:
+        """
+        Drop what still arrives, and let the connection be read again if
+        it was paused (a TLS close, too, waits to read the peer's
+        close_notify behind the rest of the body).
         """
         with self._ready:
             self._dropping = True
-            self._unread = bytearray()
+            if error is not None:
+                self._error = error
+            if unread_too:
+                self._unread = bytearray()
+                self._ended = True
             resume, self._paused = self._paused, False
-            self._ended = True
             self._ready.notify_all()
         if resume:
             self._resume()
@@ -125,7 +128,7 @@ class BodyPipe:
             # Taken as it arrives, not once all is here: the reactor is
             # told to read on only as the app takes what it holds.
             while wanted > 0:
-                self._wait(lambda: len(self._unread) > 0)
+                self._wait_for_data()
                 if not self._unread:
                     break
                 pieces.append(self._take(wanted))
@@ -142,7 +145,7 @@ class BodyPipe:
         got = 0
         with self._ready:
             while limit is None or got < limit:
-                self._wait(lambda: len(self._unread) > 0)
+                self._wait_for_data()
                 if not self._unread:
                     break
                 want = len(self._unread) if limit is None else min(len(self._unread), limit - got)
@@ -173,12 +176,12 @@ class BodyPipe:
                 return
             yield line
 
-    def _wait(self, enough: Callable[[], bool]) -> None:
+    def _wait_for_data(self) -> None:
         """
-        Wait, holding the condition, until C{enough()} or the body ended;
-        raise the body's failure if it fails first.
+        Wait, holding the condition, until something is unread or the body
+        ended; raise the body's failure if it fails first.
         """
-        while not (enough() or self._ended):
+        while not (self._unread or self._ended):
             if self._error is not None:
                 raise self._error
             self._ready.wait()

@@ -169,13 +169,13 @@ class Slot(Protocol):
         self.transport.registerProducer(body, True)
 
         def sent(result: object) -> None:
-            if self._upload is body:
-                self._upload = None
-                if self.connected:
-                    self.transport.unregisterProducer()
+            self._upload = None
+            if self.connected:
+                self.transport.unregisterProducer()
 
         # A body cut short by a lost connection is that connection's
-        # failure, reported by connectionLost.
+        # failure, reported by connectionLost; one stopped by _stop_upload
+        # fails too, and was unregistered there.
         sending.addCallbacks(sent, lambda reason: None)
 
     def _stop_upload(self) -> None:

@@ -110,7 +110,7 @@ class WSGIRequest(ServerRequest):
         if isInIOThread():
             self.channel.transport.resumeProducing()
         else:
-            self.channel.factory.reactor.callFromThread(self.channel.transport.resumeProducing)
+            self.channel.factory.clock.callFromThread(self.channel.transport.resumeProducing)
 
     # What WSGIResource reads.
 
@@ -284,8 +284,8 @@ class SlotServer(Factory):
 
     def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
         self.resource = resource
-        #: Its C{callFromThread} resumes reading a body the app caught up on.
-        self.reactor = reactor
+        #: The reactor: its clock, and its C{callFromThread}, which resumes
+        #: reading a body the app caught up on.
         self.clock = reactor
 
     def buildProtocol(self, addr) -> SlotChannel:
