@@ -12,8 +12,12 @@ setup(
     # find_packages() can see; listing it is the form Twisted's tap howto uses.
     packages=find_packages(exclude=["tests", "tests.*", "docs", "docs.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins"],
-    install_requires=["twisted[tls]>=23.10", "treq", "zope.interface", "psutil"],
+    # httptools is llhttp (Node.js's HTTP/1.1 parser): every HTTP message pothead
+    # reads is parsed by it, strict, rather than by code of our own.
+    install_requires=["twisted[tls]>=23.10", "treq", "zope.interface", "psutil", "httptools>=0.6"],
     extras_require={
-        "test": ["pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff"],
+        # hypothesis mutates requests for the parsing property tests; h11, a
+        # second strict HTTP/1.1 parser, reads what the hub sent a worker.
+        "test": ["pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff", "hypothesis", "h11"],
     },
 )

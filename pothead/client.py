@@ -1,42 +1,42 @@
 """
-The hub's side of HTTP/1.1 on a slot: the bytes of a request, and a parser
-for the worker's response.
+The hub's side of HTTP/1.1 on a slot: the bytes of a request, and the
+reader of the worker's responses.
 
 The hub is the HTTP client on every attached slot, over a connection it
 accepted, for one request at a time.  Twisted's client protocol does that
 too, but through a general-purpose state machine, Deferreds and producer
-proxies that cost the hub about a fifth of its time per request, and it
-keeps to itself what a proxy must pass on exactly: the raw
-``Content-Length`` and where it stood, bytes that follow a response, every
-spelling of ``Connection: close``.  This parser hands the slot each part of
-the response as it arrives, nothing more.
+proxies that cost the hub about a fifth of its time per request.  Here
+llhttp (L{pothead.llhttp}) reads the responses, strictly, and
+L{ResponseReader} hands the slot each part of one as it arrives.
 
-Framing follows RFC 9112 section 6: no body for HEAD, 1xx, 204 and 304;
-chunked when ``Transfer-Encoding`` ends in ``chunked``; read until close
-for any other transfer coding or when there is no ``Content-Length``; and
-``Content-Length`` otherwise.  Interim (1xx) responses are skipped.
+Framing follows RFC 9112 section 6, as llhttp reads it: no body for 1xx,
+204 and 304; chunked when ``Transfer-Encoding`` ends in ``chunked``; read
+until close for any other transfer coding or when there is no
+``Content-Length``; ``Content-Length`` otherwise.  A response to HEAD has
+no body either, which llhttp cannot know: see L{ResponseReader}.  Interim
+(1xx) responses are skipped; a worker may not switch protocols (101).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from typing import Protocol
 
-from pothead.http1 import (
-    NO_BODY_CODES,
-    BadMessage,
-    BodyReader,
-    after_head,
-    content_length,
-    field_tokens,
-    field_values,
-    head_end,
-    is_chunked,
-    parse_fields,
-)
+from httptools import HttpResponseParser
 
-#: The longest response head line the hub reads, and the longest head.
-MAX_LINE = 64 * 1024
+from pothead.http1 import BadMessage, field_tokens, field_values
+from pothead.llhttp import feed
+
+#: The longest response head the hub reads (interim responses before it
+#: included).
 MAX_HEAD = 1024 * 1024
+
+#: What a reason phrase may not hold (RFC 9112 section 4: HTAB, SP,
+#: VCHAR and obs-text only); llhttp lets it through.
+_BAD_PHRASE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+
+#: The versions of HTTP a worker may answer in.
+_VERSIONS = {"1.1": (1, 1), "1.0": (1, 0)}
 
 
 class BadResponse(BadMessage):
@@ -75,8 +75,9 @@ class ResponseHead:
     :ivar version: C{(major, minor)}.
     :ivar headers: every header as sent, in order: C{(name, value)} pairs
         with names as the worker spelled them.
-    :ivar content_length: the raw ``Content-Length`` value, if the body is
-        framed by it (or the response has none and the worker sent one).
+    :ivar content_length: the ``Content-Length`` value (as digits only), if
+        the body is framed by it (or the response has none and the worker
+        sent one).
     :ivar keep_alive: whether the connection may carry another request
         after this response.
     """
@@ -106,135 +107,201 @@ class ResponseHead:
 
 
 
-class ResponseParser:
+class ResponseReceiver(Protocol):
     """
-    Parse one response to a request made with C{method}, handing on its
-    parts as they arrive.
-
-    :param head: called with the L{ResponseHead} once the head is in.
-    :param body: called with each piece of the (de-chunked) body.
-    :param done: called once the response is complete, with whatever bytes
-        followed it.
+    What a L{ResponseReader} hands the parts of responses to.
     """
 
-    def __init__(
-        self,
-        method: bytes,
-        head: Callable[[ResponseHead], None],
-        body: Callable[[bytes], None],
-        done: Callable[[bytes], None],
-    ) -> None:
-        self._head_only = method == b"HEAD"
-        self._on_head = head
-        self._on_done = done
-        self._buffer = b""
-        self._body = BodyReader(body, self._complete, BadResponse)
+    def response_head(self, head: ResponseHead) -> None:
+        """The head of the response to the request sent."""
+
+    def response_body(self, data: bytes) -> None:
+        """A piece of its (de-chunked) body."""
+
+    def response_done(self) -> None:
+        """The response is complete."""
+
+    def unsolicited(self, head: ResponseHead) -> None:
+        """
+        The head of a response to no request: a draining worker's detach
+        notice, or a worker gone wrong.
+        """
+
+
+class ResponseReader:
+    """
+    Read the responses a worker sends on one connection, one for each
+    request the hub sent (L{expect}), and hand their parts on.
+
+    llhttp cannot be told that a response answers HEAD and so has no
+    body: its head is fed to llhttp alone (it ends at the first empty
+    line, as llhttp refuses any line end but CRLF), and llhttp starts
+    afresh after it.
+
+    :ivar started: whether any byte of the expected response has arrived.
+    :ivar finished: whether the expected response is complete.
+    """
+
+    def __init__(self, receiver: ResponseReceiver) -> None:
+        self._receiver = receiver
+        self._parser = HttpResponseParser(self)
+        self._expected = False
+        self._head_only = False
+        self._until_close = False
         self._in_head = True
+        self._head_size = 0
+        self._interim = False
+        self._phrase = b""
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._head_buffer = b""
+        self._responses = 0
         self.started = False
         self.finished = False
 
+    def expect(self, method: bytes) -> None:
+        """
+        A request made with C{method} was sent: the next response is its.
+        """
+        self._expected = True
+        self._head_only = method == b"HEAD"
+        self.started = self.finished = False
+
     def feed(self, data: bytes) -> None:
         """
-        Parse the next bytes from the worker.
+        Read the next bytes from the worker.
 
         :raise BadResponse: if they are not a valid response.
         """
-        self.started = True
+        if self._expected:
+            self.started = True
+            if self._head_only and self._in_head:
+                self._feed_head_only(data)
+                return
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        if feed(self._parser, data, BadResponse) >= 0:
+            raise BadResponse("a worker switched protocols")
         if self._in_head:
-            self._head_bytes(data)
-        else:
-            self._body.feed(data)
+            # A head still incomplete after this read (llhttp holds an
+            # unfinished field itself): bounded here, a read at a time.
+            self._head_size += len(data)
+            if self._head_size > MAX_HEAD:
+                raise BadResponse("response head too large")
+
+    def _feed_head_only(self, data: bytes) -> None:
+        """
+        Feed llhttp the head of a response to HEAD and no more; after it,
+        the rest to a fresh llhttp.
+        """
+        searched = max(0, len(self._head_buffer) - 3)
+        buffer = self._head_buffer + data
+        responses = self._responses
+        while self._responses == responses:
+            end = buffer.find(b"\r\n\r\n", searched)
+            if end < 0:
+                self._head_buffer = buffer
+                if len(buffer) > MAX_HEAD:
+                    raise BadResponse("response head too large")
+                return
+            head, buffer = buffer[: end + 4], buffer[end + 4 :]
+            searched = 0
+            self._feed(head)
+        self._head_buffer = b""
+        self._parser = HttpResponseParser(self)
+        if buffer:
+            self.feed(buffer)
 
     def connection_lost(self) -> bool:
         """
         The worker closed the connection.
 
-        :return: whether that completed the response (a body read until
-            close); otherwise the response broke off.
+        :return: whether that completed the expected response (a body read
+            until close); otherwise it broke off.
         """
-        if not self._in_head:
-            self._body.close()
+        if self._expected and not self._in_head and self._until_close:
+            self._complete()
         return self.finished
 
-    def _complete(self, rest: bytes) -> None:
-        self.finished = True
-        self._on_done(rest)
+    # llhttp's callbacks.
 
-    def _head_bytes(self, data: bytes) -> None:
-        buffer = self._buffer + data if self._buffer else data
-        end = head_end(buffer)
-        if end < 0:
-            if len(buffer) > MAX_HEAD or (b"\n" not in buffer and len(buffer) > MAX_LINE):
+    def on_message_begin(self) -> None:
+        self._phrase = b""
+        self._fields = []
+
+    def on_status(self, phrase: bytes) -> None:
+        self._phrase += phrase
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_head:
+            self._head_size += len(name) + len(value) + 4
+            if self._head_size > MAX_HEAD:
                 raise BadResponse("response head too large")
-            self._buffer = buffer
-            return
-        self._buffer = b""
-        head, rest = buffer[:end], after_head(buffer, end)
-        if len(head) > MAX_HEAD:
-            raise BadResponse("response head too large")
-        response = _parse_head(head)
-        if 100 <= response.code < 200:
-            # An interim response (100 Continue, 103 Early Hints): the
-            # final one follows.
-            if rest:
-                self._head_bytes(rest)
+            self._fields.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        code = parser.get_status_code()
+        version = _VERSIONS.get(parser.get_http_version())
+        if version is None:
+            raise BadResponse(f"HTTP version {parser.get_http_version()} in a response")
+        if code < 100:
+            raise BadResponse(f"invalid status code {code:03d}")
+        if _BAD_PHRASE.search(self._phrase):
+            raise BadResponse(f"invalid reason phrase {self._phrase[:40]!r}")
+        if code == 101:
+            raise BadResponse("a worker switched protocols")
+        self._interim = code < 200
+        if self._interim:
+            # 100 Continue, 103 Early Hints: the final response follows.
             return
         self._in_head = False
-        length = self._frame(response)
-        self._on_head(response)
-        if length == _CHUNKED:
-            self._body.chunked(rest)
-        elif length == _UNTIL_CLOSE:
-            self._body.until_close(rest)
+        head = ResponseHead(version, code, self._phrase, self._fields)
+        head.keep_alive = parser.should_keep_alive()
+        lengths = head.values(b"content-length")
+        if lengths:
+            # llhttp has refused anything but one decimal number.
+            head.content_length = b"%d" % (int(lengths[0]),)
+        chunked = _is_chunked(head.values(b"transfer-encoding"))
+        self._until_close = not lengths and not chunked
+        if not self._expected:
+            self._receiver.unsolicited(head)
+            return
+        if self._head_only:
+            # llhttp would wait for the body a Content-Length announces.
+            self._receiver.response_head(head)
+            self._complete()
+            return
+        if self._until_close and code not in (204, 304):
+            head.keep_alive = False
         else:
-            self._body.counted(length, rest)
+            self._until_close = False
+        if chunked:
+            head.content_length = None
+        self._receiver.response_head(head)
 
-    def _frame(self, response: ResponseHead) -> int:
-        """
-        Decide how the body is delimited, and whether the connection can
-        be used again.
+    def on_body(self, data: bytes) -> None:
+        if self._expected:
+            self._receiver.response_body(data)
 
-        :return: the body's length, or L{_CHUNKED} or L{_UNTIL_CLOSE}.
-        """
-        connection = response.tokens(b"connection")
-        if response.version >= (1, 1):
-            response.keep_alive = b"close" not in connection
-        else:
-            response.keep_alive = b"keep-alive" in connection and b"close" not in connection
-        lengths = response.values(b"content-length")
-        if self._head_only or response.code in NO_BODY_CODES:
-            response.content_length = lengths[0] if lengths else None
-            return 0
-        codings = response.values(b"transfer-encoding")
-        if is_chunked(codings):
-            return _CHUNKED
-        if codings or not lengths:
-            response.keep_alive = False
-            return _UNTIL_CLOSE
-        length = content_length(lengths, BadResponse)
-        response.content_length = lengths[0] if len(lengths) == 1 else b"%d" % (length,)
-        return length
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+        elif self._expected:
+            self._complete()
+
+    def _complete(self) -> None:
+        self._expected = False
+        self._in_head = True
+        self._head_size = 0
+        self._responses += 1
+        self.finished = True
+        self._receiver.response_done()
 
 
-#: How L{ResponseParser._frame} says a body is chunked or read until close.
-_CHUNKED, _UNTIL_CLOSE = -1, -2
-
-
-def _parse_head(head: bytes) -> ResponseHead:
-    lines = head.split(b"\n")
-    status = lines[0].rstrip(b"\r")
-    parts = status.split(b" ", 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
-        raise BadResponse(f"invalid status line {status[:80]!r}")
-    version = parts[0][5:].split(b".")
-    code = parts[1]
-    if len(version) != 2 or not all(v.isdigit() for v in version):
-        raise BadResponse(f"invalid HTTP version {parts[0][:20]!r}")
-    if len(code) != 3 or not code.isdigit():
-        raise BadResponse(f"invalid status code {code[:20]!r}")
-    return ResponseHead(
-        (int(version[0]), int(version[1])),
-        int(code),
-        parts[2] if len(parts) == 3 else b"",
-        parse_fields(lines[1:], BadResponse, strict=False),
-    )
+def _is_chunked(codings: list[bytes]) -> bool:
+    """
+    Whether ``Transfer-Encoding`` values make a chunked body: their last
+    coding is ``chunked``.
+    """
+    return bool(codings) and codings[-1].rsplit(b",", 1)[-1].strip().lower() == b"chunked"

@@ -11,17 +11,19 @@ what both sides need: the request as sent, its body spooled, every limit
 with its status code, and the response written with the client's own
 framing.  What is done with a request is its factory's business.
 
-One request is served at a time per connection; pipelined requests wait
-in the buffer (reading stops once it holds more than a head's worth) and
-are answered in order.
+Every byte a client sends is parsed by llhttp (L{pothead.llhttp}); what
+is pothead's own is policy (L{pothead.request}, the limits, the timeouts,
+100-continue, pipelining one request at a time) and the bytes it writes.
 """
 
 from __future__ import annotations
 
+import re
 from tempfile import SpooledTemporaryFile
 from typing import IO
 from typing import Protocol as TypingProtocol
 
+from httptools import HttpParserError, HttpParserInvalidMethodError, HttpRequestParser
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ISSLTransport
 from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
@@ -29,9 +31,10 @@ from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 
 from pothead.address import host_port
-from pothead.http1 import NO_BODY_CODES, BodyReader, after_head, head_end
+from pothead.http1 import NO_BODY_CODES
 from pothead.limits import Limits
-from pothead.request import BadRequest, RequestHead, parse_request_head
+from pothead.llhttp import feed
+from pothead.request import BadRequest, RequestHead, request_head
 from pothead.sockets import send_now, tune_tcp
 
 _log = Logger()
@@ -260,265 +263,395 @@ class RequestHandler(TypingProtocol):
 
 class ServerChannel(Protocol):
     """
-    One client connection: read requests, enforce the factory's limits,
-    hand each request to the factory, and answer every refusal with a
-    status code and a log line.
+    One client connection: read requests with llhttp, enforce the
+    factory's limits, hand each request to the factory, and answer every
+    refusal with a status code and a log line.
+
+    llhttp reads every byte as it arrives, pipelined requests included:
+    those wait here and are handed on one at a time, in order, each once
+    the one before it is answered; with L{MAX_PIPELINED} waiting, reading
+    pauses until fewer do.  A refusal waits its turn the same way; nothing
+    after it is read.
 
     Between requests the connection may stay idle for the idle timeout; a
     request head must arrive within the header timeout from its first
     byte, and its body within the body timeout from the end of its head.
-    A head read whole in one read arms no timer at all, and a timeout of
-    L{None} none ever.
+    No timer runs while a request is being answered, and a timeout of
+    L{None} is none at all.
+
+    The parser exists only while a message is being read: a connection
+    whose request waits in the queue holds none.
     """
 
     def __init__(self, factory: RequestHandler) -> None:
         self.factory = factory
         self.limits: Limits = factory.limits
-        # A bytearray, so that a head arriving in many pieces is gathered
-        # without copying it whole for each piece.
-        self._buffer = bytearray()
-        self._request: ServerRequest | None = None
-        self._body: BodyReader | None = None
-        self._deadline: IDelayedCall | None = None
-        self._closing = False
+        self._parser: HttpRequestParser | None = None
+        #: Whether bytes from the client are still read: not once it is
+        #: refused or asked to close.
+        self._reading = True
         self._paused = False
-        self._reading = False
-        #: Whether the request being received was handed on at its head.
-        self._streaming = False
-        #: How much of the buffer holds no head end.
-        self._searched = 0
+        self._closing = False
+        # The message llhttp is reading: its target and fields while the
+        # head is incomplete (_fields is None otherwise), then the request
+        # whose body it is reading.
+        self._url = b""
+        self._fields: list[tuple[bytes, bytes]] | None = None
+        self._head_size = 0
+        self._head_raw = 0
+        self._begun = 0
+        self._receiving: ServerRequest | None = None
+        self._body_size = 0
+        #: Requests read (their bodies perhaps still arriving), in order,
+        #: not yet handed on.
+        self._waiting: list[ServerRequest] = []
+        #: The request handed to the factory and not yet answered.
+        self._served: ServerRequest | None = None
+        #: A refusal to answer once every request before it is answered.
+        self._refusal: tuple[int, str] | None = None
+        self._advancing = False
+        self._deadline: IDelayedCall | None = None
+        self._deadline_for: object = None
 
     def connectionMade(self) -> None:
         tune_tcp(self.transport)
-        self._set_deadline(self.limits.idle_timeout, None)
+        self._watch()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._closing:
+        if not self._reading:
             return
-        if self._body is not None:
-            try:
-                self._body.feed(data)
-            except BadRequest as error:
-                self.refuse(error.status, str(error))
-                return
-        else:
-            self._buffer += data
-        self._serve()
-
-    def _serve(self) -> None:
-        """
-        Read requests from the buffer while no request is being received
-        or answered; a loop, not recursion, however many are pipelined.
-        """
-        if self._reading:
-            return
-        self._reading = True
+        parser = self._parser
+        if parser is None:
+            parser = self._parser = HttpRequestParser(self)
+        head_before = self._fields is not None
+        self._begun = 0
         try:
-            while (self._request is None and self._buffer and not self._closing
-                   and self._read_head()):
-                pass
+            while True:
+                rest = feed(parser, data, _refused)
+                if rest < 0:
+                    break
+                # A request asking to switch protocols, served as plain
+                # HTTP/1.1 (see on_headers_complete): go on after it.
+                data = data[rest:]
         except BadRequest as error:
-            self.refuse(error.status, str(error))
-        finally:
-            self._reading = False
-        if self._request is not None and len(self._buffer) > self.limits.max_header_bytes:
-            # Pipelined requests beyond a head's worth wait in the socket.
-            self._paused = True
-            self.transport.pauseProducing()
+            if self._reading:
+                if isinstance(error, _UnknownMethod) and (head_before or self._begun > 1
+                                                          or not _starts_with_token(data)):
+                    error.status = 400
+                self._refuse(error.status, str(error))
+        else:
+            if self._fields is not None and not self._begun:
+                # A head that began in an earlier read and is still not
+                # complete (llhttp holds an unfinished field itself).
+                self._head_raw += len(data)
+                if self._head_raw > self.limits.max_header_bytes:
+                    self._refuse(431, "request headers over the limit")
+        if self._fields is None and self._receiving is None:
+            # Between messages: the next read starts a parser afresh.
+            self._parser = None
+        served = self._served
+        if served is not None and served.finished and served is not self._receiving:
+            # A response complete before its streamed body, which has now
+            # been read to its end.
+            self.answered(served)
+        else:
+            self._advance()
 
-    def _read_head(self) -> bool:
-        """
-        Read a request head from the buffer, if it holds a whole one.
+    # llhttp's callbacks, while it reads a message.
 
-        :return: whether it did.
-        """
-        buffer = self._buffer
-        if buffer[0] in b"\r\n":
-            # RFC 9112 section 2.2: empty lines before a request line are
-            # ignored.
-            buffer = self._buffer = buffer.lstrip(b"\r\n")
-            if not buffer:
-                return False
-        # A head trickled in pieces is searched only where its end may be
-        # new, so its cost stays linear in its size.
-        end = head_end(buffer, max(0, self._searched - 2))
-        limit = self.limits.max_header_bytes
-        if end < 0:
-            self._searched = len(buffer)
-            if len(buffer) > limit:
-                self._refuse_head(buffer)
-            elif self._deadline_for is not _HEAD:
-                self._set_deadline(self.limits.header_timeout, _HEAD)
-            return False
-        self._searched = 0
-        if end > limit:
-            self._refuse_head(buffer)
-            return False
-        head = parse_request_head(bytes(buffer[:end]))
-        rest = bytes(after_head(buffer, end))
-        self._buffer = bytearray()
-        self._clear_deadline()
+    def on_message_begin(self) -> None:
+        if not self._reading:
+            raise _Stop()
+        self._fields = []
+        self._head_size = self._head_raw = 0
+        self._begun += 1
+
+    def on_url(self, piece: bytes) -> None:
+        self._url += piece
+        if len(self._url) > self.limits.max_header_bytes:
+            raise BadRequest("request line over the limit", 414)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        fields = self._fields
+        if fields is None:
+            # A chunked body's trailer: neither side of the hub passes
+            # trailers on.
+            return
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size + len(self._url) > self.limits.max_header_bytes:
+            raise BadRequest("request headers over the limit", 431)
+        fields.append((name, value.rstrip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        fields, self._fields = self._fields, None
+        url, self._url = self._url, b""
+        head = request_head(
+            parser.get_method(), url, parser.get_http_version(), parser.should_keep_alive(),
+            fields,
+        )
+        if parser.should_upgrade() and head.has_body and head.length != 0:
+            # llhttp would take the body for the new protocol's bytes; the
+            # hub switches to none, so it cannot frame it.
+            raise BadRequest("a body on a request asking to switch protocols")
         if head.length is not None and head.length > self.limits.max_body_bytes:
             # Refused from the head, before any body byte or 100 Continue.
             raise BadRequest(f"Content-Length {head.length} over the limit", 413)
-        request = self._request = self.factory.request_class(self, head)
+        request = self._receiving = self.factory.request_class(self, head)
+        self._body_size = 0
         if head.has_body:
             # Even an empty body is a body: the worker is told its length.
             request.received(b"")
-        if not head.has_body or head.length == 0:
-            self._handle(request, rest)
-            return True
-        if head.expects_continue and not rest:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        self._set_deadline(self.limits.body_timeout, _BODY)
-        self._body = BodyReader(self._body_piece, self._body_done, BadRequest)
-        if head.chunked:
-            self._body.chunked(rest)
-        else:
-            self._body.counted(head.length, rest)
-        if self._body is not None and request.streams_body:
-            self._streaming = True
-            self.factory.handle(request)
-        return True
+        self._waiting.append(request)
 
-    def _body_piece(self, data: bytes) -> None:
-        request = self._request
-        request.received(data)
-        if request.content.tell() > self.limits.max_body_bytes:
+    def on_body(self, data: bytes) -> None:
+        self._body_size += len(data)
+        if self._body_size > self.limits.max_body_bytes:
             # A Content-Length was checked from the head; a chunked body
             # can only be checked as it arrives.
             raise BadRequest("request body over the limit", 413)
+        self._receiving.received(data)
 
-    def _body_done(self, rest: bytes) -> None:
-        self._body = None
-        self._clear_deadline()
-        request = self._request
-        if not self._streaming:
-            self._handle(request, rest)
+    def on_message_complete(self) -> None:
+        request, self._receiving = self._receiving, None
+        request.body_complete()
+        if not request.head.keep_alive:
+            # Whatever follows a request that closes the connection is
+            # not read.
+            self._reading = False
+
+    # Handing requests on, and their answers.
+
+    def _advance(self) -> None:
+        """
+        Hand on the next request read once the one before it is answered
+        (or, if it streams its body, once its head is read); answer a
+        refusal once every request before it is answered.
+        """
+        if self._advancing:
             return
-        self._streaming = False
-        self._buffer = bytearray(rest)
-        request.body_complete()
-        if request.finished:
-            self.answered(request)
+        self._advancing = True
+        try:
+            while self._served is None and not self._closing:
+                if not self._waiting:
+                    if self._refusal is not None:
+                        self._write_refusal()
+                    break
+                request = self._waiting[0]
+                if request is self._receiving and not request.streams_body:
+                    self._continue(request)
+                    break
+                del self._waiting[0]
+                self._served = request
+                self.factory.handle(request)
+        finally:
+            self._advancing = False
+        # Requests pipelined beyond MAX_PIPELINED wait in the socket (those
+        # in the read that reached it are read, a read's worth at most).
+        pause = len(self._waiting) >= MAX_PIPELINED and not self._closing
+        if pause != self._paused:
+            self._paused = pause
+            if pause:
+                self.transport.pauseProducing()
+            else:
+                self.transport.resumeProducing()
+        self._watch()
 
-    def _handle(self, request: ServerRequest, rest: bytes) -> None:
-        self._buffer = bytearray(rest)
-        request.body_complete()
-        self.factory.handle(request)
+    def _continue(self, request: ServerRequest) -> None:
+        """
+        Tell a client that waits for it before sending its body (and has
+        sent none) to go on: its request is next.
+        """
+        if request.head.expects_continue and not self._body_size:
+            request.head.expects_continue = False
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def answered(self, request: ServerRequest) -> None:
         """
         The response to C{request} is complete: tell the factory, then
-        read the next request, or close the connection if it carries no
+        hand on the next request, or close the connection if it carries no
         more.
 
         A response may be complete before a streamed body is: the rest of
         the body is then read and dropped, and the connection goes on
         once it ends.
         """
-        if self._body is not None:
+        if request is self._receiving:
             request.close()
             return
+        self._served = None
         self.factory.answered(request)
         request.close()
-        self._request = None
         if not request.head.keep_alive:
-            self.transport.loseConnection()
-            self._closing = True
+            self._close()
             return
-        if self._paused:
-            self._paused = False
-            self.transport.resumeProducing()
-        if self._buffer:
-            self._serve()
-        if self._request is None:
+        self._advance()
+        if self._served is None and not self._waiting and not self._closing:
             self.idle()
 
     def idle(self) -> None:
         """
-        No request is being received or answered: the idle timeout runs.
+        No request is being answered or waits to be: a hook.
         """
-        if self._deadline is None:
-            self._set_deadline(self.limits.idle_timeout, None)
 
     @property
     def busy(self) -> bool:
         """
         Whether a request is being received or answered.
         """
-        return self._request is not None
+        return self._served is not None or bool(self._waiting)
+
+    def drop_pipelined(self) -> None:
+        """
+        Read no more, and forget the requests read and not yet handed on.
+        """
+        self._reading = False
+        self._parser = self._fields = self._receiving = None
+        waiting, self._waiting = self._waiting, []
+        for request in waiting:
+            request.close()
+
+    def _close(self) -> None:
+        self._closing = True
+        self._clear_deadline()
+        self.drop_pipelined()
+        self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        # The spooled body of a request cut off here is left to the
-        # factory: it may still be read (by a worker, by an app's thread).
+        # The body of a request cut off here is left to the factory: it
+        # may still be read (by a worker, by an app's thread).
         self._clear_deadline()
-        request, self._request = self._request, None
-        if request is not None and not request.finished:
-            self.factory.lost(request)
+        self.drop_pipelined()
+        served, self._served = self._served, None
+        if served is not None and not served.finished:
+            self.factory.lost(served)
 
     # Deadlines: one timer per connection at most, for the idle time
     # between requests, a head, or a body.
 
-    _deadline_for: object = None
-
-    def _set_deadline(self, seconds: float | None, what: object) -> None:
-        self._clear_deadline()
-        if seconds is None:
+    def _watch(self) -> None:
+        """
+        Set the deadline for what the connection is waiting for now.
+        """
+        if self._closing or self._served is not None:
+            what = None
+        elif self._fields is not None:
+            what = _HEAD
+        elif self._receiving is not None:
+            what = _BODY
+        else:
+            what = _IDLE
+        if what is self._deadline_for:
             return
-        self._deadline_for = what
-        self._deadline = self.factory.clock.callLater(seconds, self._too_slow, what, seconds)
+        self._clear_deadline()
+        seconds = None if what is None else getattr(self.limits, _TIMEOUTS[what])
+        if seconds is not None:
+            self._deadline_for = what
+            self._deadline = self.factory.clock.callLater(seconds, self._too_slow, what, seconds)
 
     def _clear_deadline(self) -> None:
         if self._deadline is not None:
             if self._deadline.active():
                 self._deadline.cancel()
             self._deadline = None
-            self._deadline_for = None
+        self._deadline_for = None
 
-    def _too_slow(self, what: object, seconds: float) -> None:
+    def _too_slow(self, what: str, seconds: float) -> None:
         self._deadline = None
         self._deadline_for = None
-        if what is None:
+        if what == _IDLE:
             # Idle between requests: nothing to answer.
-            self.transport.loseConnection()
-            self._closing = True
-            return
-        self.refuse(408, f"{what} not received within {seconds:g}s")
-
-    def _refuse_head(self, buffer: bytes) -> None:
-        line_end = buffer.find(b"\n")
-        if line_end < 0 or line_end > self.limits.max_header_bytes:
-            self.refuse(414, "request line over the limit")
+            self._close()
         else:
-            self.refuse(431, "request headers over the limit")
+            self._refuse(408, f"{what} not received within {seconds:g}s")
 
-    def refuse(self, code: int, why: str) -> None:
+    # Refusals.
+
+    def _refuse(self, code: int, why: str) -> None:
         """
-        Answer C{code} and close the connection: the rest of what this
-        client sent can no longer be trusted to be framed right.
+        Refuse what the client sent: the rest of it can no longer be
+        trusted to be framed right.  The refusal is answered once every
+        request before it is; then the connection closes.
         """
-        self._clear_deadline()
-        self._closing = True
-        self._body = None
-        if self._streaming:
-            self._streaming = False
-            self._request.abandon_body()
+        receiving = self._receiving
+        streaming = receiving is not None and receiving is self._served
+        self._reading = False
+        self._parser = self._fields = self._receiving = None
+        if streaming:
+            receiving.abandon_body()
+        elif receiving is not None:
+            self._waiting.remove(receiving)
+            receiving.close()
         _log.info(
             "refused a request from {peer}: {status} ({why})",
             peer=host_port(self.transport.getPeer()),
             status=_STATUS_LINES[code].decode(),
             why=why,
         )
+        self._refusal = (code, why)
+        if streaming:
+            self._write_refusal()
+        else:
+            self._advance()
+
+    def _write_refusal(self) -> None:
+        code, _ = self._refusal
         body = _STATUS_LINES[code][4:] + b"\n"
         self.transport.write(
             b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (_STATUS_LINES[code], len(body), body)
         )
-        self.transport.loseConnection()
+        self._close()
 
 
-#: What a deadline is for, in log lines.
-_HEAD, _BODY = "request head", "request body"
+#: How many requests a connection may have waiting behind the one being
+#: answered before the hub stops reading from it.
+MAX_PIPELINED = 16
 
 
+#: What a connection's deadline is for (in log lines), and the limit that
+#: sets it.
+_IDLE, _HEAD, _BODY = "idle time", "request head", "request body"
+_TIMEOUTS = {_IDLE: "idle_timeout", _HEAD: "header_timeout", _BODY: "body_timeout"}
+
+
+class _Stop(BadRequest):
+    """
+    Raised by a callback to stop llhttp: nothing more is read.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("not reading")
+
+
+class _UnknownMethod(BadRequest):
+    """
+    A request line llhttp refused for its method: 501 if the method is a
+    token it does not know, 400 if it is garbage.
+    """
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why, 501)
+
+
+def _refused(error: HttpParserError) -> BadRequest:
+    """
+    The refusal of a request llhttp could not parse.
+    """
+    if isinstance(error, HttpParserInvalidMethodError):
+        return _UnknownMethod(f"unknown method ({error})")
+    if str(error) == "Invalid HTTP version":
+        return BadRequest("HTTP version not supported", 505)
+    return BadRequest(str(error))
+
+
+def _starts_with_token(data: bytes) -> bool:
+    """
+    Whether a request line starts with a method-like token.
+    """
+    method = data.lstrip(b"\r\n").split(b" ", 1)[0]
+    return 0 < len(method) <= 32 and TOKEN.fullmatch(method) is not None
+
+
+#: An HTTP token (RFC 9110 section 5.6.2).
+TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")

@@ -1,32 +1,22 @@
 """
-A consumer's request head, read strictly.
+The hub's policy on a request head that llhttp has parsed.
 
-Every byte of it is passed on to a worker, whose HTTP server might read an
-ambiguous request differently from the hub: a request the two frame
-differently smuggles a second request past the queue into another
-consumer's slot (RFC 9112 section 11.2).  So the hub refuses what RFC 9112
-lets a server refuse, each with the status code it deserves, rather than
-guess: a malformed request line or header line, a header name that is not
-a token, a value with control bytes, conflicting or invalid
-``Content-Length``, ``Transfer-Encoding`` beside ``Content-Length`` or in
-an HTTP/1.0 request, and several ``Host`` headers.
+Every byte of a request's syntax is checked by llhttp (L{pothead.llhttp}):
+a request line, header line or body that is not strict HTTP/1.1 never gets
+this far.  What llhttp accepts and a front door must still refuse is
+decided here, each with the status code it deserves: several ``Host``
+headers (a worker must not have to guess which counts), a transfer coding
+in an HTTP/1.0 request or one other than ``chunked`` (501), any HTTP
+version but 1.0 and 1.1 (505), ``CONNECT`` (the hub is no forward proxy),
+and an absolute-form target, whose authority becomes the ``Host`` the
+worker sees (RFC 9112 section 3.2.2) so that the two cannot disagree.
 """
 
 from __future__ import annotations
 
-import re
+from httptools import HttpParserInvalidURLError, parse_url
 
-from pothead.http1 import (
-    TARGET,
-    TOKEN,
-    BadMessage,
-    content_length,
-    field_tokens,
-    field_values,
-    parse_fields,
-)
-
-_VERSION = re.compile(rb"\AHTTP/([0-9])\.([0-9])\Z")
+from pothead.http1 import BadMessage, field_values
 
 
 class BadRequest(BadMessage):
@@ -47,7 +37,7 @@ class RequestHead:
     body and the connection.
 
     :ivar method: the method, as sent.
-    :ivar target: the request target, as sent.
+    :ivar target: the request target in origin form (or ``*``).
     :ivar version: ``b"HTTP/1.1"`` or ``b"HTTP/1.0"``: the version its
         response is written in.
     :ivar fields: every header as sent, in order: C{(name, value)} pairs.
@@ -89,67 +79,86 @@ class RequestHead:
         return field_values(self.fields, name)
 
 
-def parse_request_head(head: bytes) -> RequestHead:
+#: The versions llhttp reports that the hub serves.
+_VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
+
+
+def request_head(
+    method: bytes, target: bytes, version: str, keep_alive: bool,
+    fields: list[tuple[bytes, bytes]],
+) -> RequestHead:
     """
-    Parse a request head, up to (not including) the empty line that ends
+    The head of a request llhttp has parsed, once the hub's policy allows
     it.
 
+    :param version: as llhttp reports it, C{"1.1"}.
+    :param keep_alive: llhttp's reading of the version and ``Connection``.
+    :param fields: every header, in order, values without surrounding
+        whitespace.
     :raise BadRequest: if the hub must refuse it.
     """
-    lines = head.split(b"\n")
-    request_line = lines[0][:-1] if lines[0].endswith(b"\r") else lines[0]
-    parts = request_line.split(b" ")
-    if len(parts) != 3:
-        raise BadRequest(f"malformed request line {request_line[:80]!r}")
-    method, target, version = parts
-    if not TOKEN.match(method):
-        raise BadRequest(f"invalid method {method[:40]!r}")
-    if not TARGET.match(target):
-        raise BadRequest(f"invalid request target {target[:80]!r}")
-    numbers = _VERSION.match(version)
-    if numbers is None:
-        raise BadRequest(f"invalid HTTP version {version[:20]!r}")
-    if numbers.group(1) != b"1":
-        raise BadRequest(f"HTTP version {version.decode()} not supported", 505)
-    http11 = numbers.group(2) != b"0"
-    request = RequestHead(
-        method, target, b"HTTP/1.1" if http11 else b"HTTP/1.0",
-        parse_fields(lines[1:], BadRequest, strict=True),
-    )
-    hosts = request.values(b"host")
+    if version not in _VERSIONS:
+        if version == "0.9":
+            raise BadRequest("request line without an HTTP version")
+        raise BadRequest(f"HTTP version {version} not supported", 505)
+    if method == b"CONNECT":
+        raise BadRequest("CONNECT: the hub is not a forward proxy", 501)
+    request = RequestHead(method, target, _VERSIONS[version], fields)
+    request.keep_alive = keep_alive
+    hosts: list[bytes] = []
+    codings: list[bytes] = []
+    for name, value in fields:
+        lower = name.lower()
+        if lower == b"host":
+            hosts.append(value)
+        elif lower == b"content-length":
+            # llhttp has refused anything but one decimal number.
+            request.length = int(value)
+        elif lower == b"transfer-encoding":
+            codings.extend(token.strip().lower() for token in value.split(b","))
+        elif lower == b"expect":
+            request.expects_continue = value.lower() == b"100-continue"
     if len(hosts) > 1:
         # RFC 9112 section 3.2: a worker must not have to guess which
         # Host counts.
         raise BadRequest("several Host headers")
     request.host = hosts[0] if hosts else None
-    _frame(request, http11)
-    connection = field_tokens(request.fields, b"connection")
-    if http11:
-        request.keep_alive = b"close" not in connection
-        request.expects_continue = any(
-            value.lower() == b"100-continue" for value in request.values(b"expect")
-        )
-    else:
-        request.keep_alive = b"keep-alive" in connection and b"close" not in connection
+    if codings:
+        # llhttp has refused Transfer-Encoding beside Content-Length, and a
+        # request whose last coding is not chunked.
+        if version == "1.0":
+            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
+        if codings[-1] != b"chunked":
+            raise BadRequest("Transfer-Encoding does not end in chunked")
+        if len(codings) > 1:
+            raise BadRequest(f"transfer codings {b', '.join(codings)[:80]!r} not supported", 501)
+        request.chunked = True
+    if version == "1.0":
+        request.expects_continue = False
+    if target[:1] != b"/" and target != b"*":
+        _absolute_form(request)
     return request
 
 
-def _frame(request: RequestHead, http11: bool) -> None:
+def _absolute_form(request: RequestHead) -> None:
     """
-    Decide how the request's body is delimited (RFC 9112 section 6.3).
+    Turn an absolute-form target (``GET http://h/p HTTP/1.1``) into the
+    origin form a worker expects, its authority the request's ``Host``
+    (RFC 9112 section 3.2.2: a server ignores the ``Host`` header then).
     """
-    codings = request.values(b"transfer-encoding")
-    lengths = request.values(b"content-length")
-    if codings:
-        if not http11:
-            raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
-        if lengths:
-            raise BadRequest("both Transfer-Encoding and Content-Length")
-        tokens = [token.strip().lower() for value in codings for token in value.split(b",")]
-        if tokens[-1] != b"chunked":
-            raise BadRequest("Transfer-Encoding does not end in chunked")
-        if len(tokens) > 1:
-            raise BadRequest(f"transfer coding {b', '.join(codings)[:80]!r} not supported", 501)
-        request.chunked = True
-    elif lengths:
-        request.length = content_length(lengths, BadRequest)
+    try:
+        url = parse_url(request.target)
+    except HttpParserInvalidURLError:
+        raise BadRequest(f"invalid request target {request.target[:80]!r}") from None
+    if url.schema is None or url.schema.lower() not in (b"http", b"https") or not url.host:
+        raise BadRequest(f"request target {request.target[:80]!r} is not an http URL")
+    if url.userinfo is not None:
+        raise BadRequest("user information in the request target")
+    # An IPv6 literal keeps its brackets in a Host header.
+    bracketed = b"[" + url.host + b"]" if b":" in url.host else url.host
+    host = bracketed if url.port is None else b"%s:%d" % (bracketed, url.port)
+    request.target = (url.path or b"/") + (b"?" + url.query if url.query is not None else b"")
+    request.host = host
+    request.fields = [(b"Host", host)] + [
+        (name, value) for name, value in request.fields if name.lower() != b"host"
+    ]

@@ -15,9 +15,9 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pothead.attach import DETACH_NOTICE, REQUEUE_HEADER
+from pothead.attach import REQUEUE_HEADER
 from pothead.body import BufferedBody
-from pothead.client import BadResponse, ResponseHead, ResponseParser
+from pothead.client import BadResponse, ResponseHead, ResponseReader
 from pothead.job import Job
 from pothead.pool import Pool
 from pothead.sockets import send_now, tune_tcp
@@ -55,7 +55,7 @@ class Slot(Protocol):
         self.worker = worker
         self.job: Job | None = None
         self._waiting: Deferred[Job] | None = None
-        self._parser: ResponseParser | None = None
+        self._responses = ResponseReader(self)
         self._keep_alive = False
         self._handing_back = False
         self._upload: BufferedBody | None = None
@@ -71,27 +71,26 @@ class Slot(Protocol):
         self._take_next()
 
     def dataReceived(self, data: bytes) -> None:
-        if self._parser is None:
-            self._unsolicited(data)
+        if self._closing:
             return
         try:
-            self._parser.feed(data)
+            self._responses.feed(data)
         except BadResponse as error:
             self._bad_response(str(error))
 
-    def _unsolicited(self, data: bytes) -> None:
+    def unsolicited(self, head: ResponseHead) -> None:
         """
-        Bytes from the worker when no request is pending: a draining
-        worker's detach notice, or garbage.  The slot ends either way.
+        A response when no request is pending: a draining worker's detach
+        notice, or a worker gone wrong.  The slot ends either way.
         """
-        if data.startswith(DETACH_NOTICE[:12]) and REQUEUE_HEADER.lower() in data.lower():
+        if is_requeue_signal(head):
             _log.info("worker {worker} detached", worker=self.worker)
             self._close()
             return
         _log.warn(
-            "worker {worker} sent {n} bytes while no request was pending; dropping it",
+            "worker {worker} sent a response ({code}) while no request was pending; dropping it",
             worker=self.worker,
-            n=len(data),
+            code=head.code,
         )
         self._close(abort=True)
 
@@ -102,14 +101,14 @@ class Slot(Protocol):
             _log.info("worker {worker} {state} disconnected: {why}", worker=self.worker,
                       state="busy" if self.job else "idle", why=reason.getErrorMessage())
         self._leave_line()
-        parser, job = self._parser, self.job
-        if parser is None or job is None or parser.connection_lost():
+        job = self.job
+        if job is None or self._responses.connection_lost():
             return
-        self._parser = self.job = None
+        self.job = None
         if self._handing_back:
             self._hand_back(job)
         else:
-            self._failed(job, reason.getErrorMessage(), never_started=not parser.started)
+            self._failed(job, reason.getErrorMessage(), never_started=not self._responses.started)
 
     def abort(self) -> None:
         """
@@ -149,7 +148,7 @@ class Slot(Protocol):
             return
         self.job = job
         self._handing_back = False
-        self._parser = ResponseParser(job.method, self._head, self._body, self._done)
+        self._responses.expect(job.method)
         job.taken(self)
         self.transport.write(job.head)
         if job.body is not None:
@@ -194,23 +193,23 @@ class Slot(Protocol):
 
     # The response, as the parser hands it on.
 
-    def _head(self, head: ResponseHead) -> None:
+    def response_head(self, head: ResponseHead) -> None:
         self._keep_alive = head.keep_alive
         if is_requeue_signal(head):
             self._handing_back = True
             return
         self.job.respond(head, self.transport)
 
-    def _body(self, data: bytes) -> None:
+    def response_body(self, data: bytes) -> None:
         if not self._handing_back:
             self.job.relay_body(data)
 
-    def _done(self, rest: bytes) -> None:
+    def response_done(self) -> None:
         job = self.job
-        self._parser = self.job = None
+        self.job = None
         reusable = (
             self._keep_alive and not self.single_use and self._upload is None
-            and not self._handing_back and not rest
+            and not self._handing_back
         )
         self._stop_upload()
         # With jobs waiting, the worker gets the next one before this
@@ -226,9 +225,7 @@ class Slot(Protocol):
             job.response_done()
         if next_first or self._closing or not self.connected:
             return
-        if rest:
-            self._unsolicited(rest)
-        elif not reusable:
+        if not reusable:
             self._close()
         else:
             self._take_next()
@@ -256,8 +253,14 @@ class Slot(Protocol):
 
     def _bad_response(self, why: str) -> None:
         job = self.job
-        self._parser = self.job = None
+        self.job = None
         self._close(abort=True)
+        if job is None:
+            _log.warn(
+                "worker {worker} sent a malformed response while no request was pending: {why};"
+                " dropping it", worker=self.worker, why=why,
+            )
+            return
         self._failed(job, f"malformed response: {why}", never_started=False)
 
     def _failed(self, job: Job, why: str, never_started: bool) -> None:

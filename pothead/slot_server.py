@@ -265,11 +265,10 @@ class SlotChannel(ServerChannel):
             # had the response at its last byte and may have sent its next
             # request already: the detach notice answers that one, as a
             # requeue signal, and the hub gives it to another slot.
-            self._buffer.clear()
+            self.drop_pipelined()
         super().answered(request)
 
     def idle(self) -> None:
-        super().idle()
         self.on_idle()
 
 

@@ -1,54 +1,63 @@
 """
 The hub's side of HTTP/1.1 on a slot (pothead/client.py): the request's
-bytes, and the parser for a worker's response, fed whole and a byte at a
-time.
+bytes, and the reader of a worker's responses (llhttp), fed whole and a
+byte at a time.
 """
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from pothead.attach import DETACH_NOTICE
 from pothead.client import (
     MAX_HEAD,
     BadResponse,
-    ResponseParser,
+    ResponseReader,
     request_head,
 )
 
 
 class Parsed:
     """
-    What a L{ResponseParser} handed on.
+    What a L{ResponseReader} handed on, for one request made with
+    C{method}.
     """
 
     def __init__(self, method: bytes = b"GET") -> None:
         self.heads: list = []
         self.body = b""
-        self.rest: list[bytes] = []
-        self.parser = ResponseParser(method, self.heads.append, self._body, self.rest.append)
+        self.done = False
+        self.notices: list = []
+        self.parser = ResponseReader(self)
+        self.parser.expect(method)
 
-    def _body(self, data: bytes) -> None:
-        assert self.heads and not self.rest, "body outside the response"
+    def response_head(self, head) -> None:
+        assert not self.heads, "a second head"
+        self.heads.append(head)
+
+    def response_body(self, data: bytes) -> None:
+        assert self.heads and not self.done, "body outside the response"
         self.body += data
+
+    def response_done(self) -> None:
+        self.done = True
+
+    def unsolicited(self, head) -> None:
+        self.notices.append(head)
 
     @property
     def head(self):
         (head,) = self.heads
         return head
 
-    @property
-    def done(self) -> bool:
-        return bool(self.rest)
-
 
 def parse(data: bytes, method: bytes = b"GET", trickle: bool = False) -> Parsed:
     parsed = Parsed(method)
     pieces = [data[i : i + 1] for i in range(len(data))] if trickle else [data]
     for piece in pieces:
-        if parsed.done:
-            parsed.rest[-1] += piece
-        else:
-            parsed.parser.feed(piece)
+        parsed.parser.feed(piece)
     return parsed
 
 
@@ -79,15 +88,12 @@ FRAMED = [
     (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok", b"GET", 200, b"ok", b"2", True),
     (b"HTTP/1.1 201 Created\r\nTransfer-Encoding: chunked\r\n\r\n"
      b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-Trailer: t\r\n\r\n", b"POST", 201, b"abcde", None, True),
-    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA\nabcdefghij\n0\n\n",
-     b"GET", 200, b"abcdefghij", None, True),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n", b"HEAD", 200, b"", b"7", True),
     (b"HTTP/1.1 304 Not Modified\r\nContent-Length: 7\r\nETag: x\r\n\r\n", b"GET", 304, b"",
      b"7", True),
     (b"HTTP/1.1 204 No Content\r\n\r\n", b"DELETE", 204, b"", None, True),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", b"GET", 200, b"", b"0", True),
-    (b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc", b"GET", 200,
-     b"abc", b"3", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length:  03 \r\n\r\nabc", b"GET", 200, b"abc", b"3", True),
     (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, Close\r\nContent-Length: 1\r\n\r\nx", b"GET",
      200, b"x", b"1", False),
     (b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\nx", b"GET", 200, b"x", b"1", False),
@@ -95,29 +101,40 @@ FRAMED = [
      b"x", b"1", True),
     (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </s.css>\r\n\r\n"
      b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\nx", b"POST", 200, b"x", b"1", True),
-    (b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx", b"GET", 200, b"x", b"1", True),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"HEAD", 200, b"", b"10", True),
+    (b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", b"HEAD",
+     200, b"", b"10", True),
 ]
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["whole", "byte-at-a-time"])
 @pytest.mark.parametrize("data, method, code, body, length, keep_alive", FRAMED)
 def test_response_framing(data, method, code, body, length, keep_alive, trickle):
-    parsed = parse(data + b"NEXT", method, trickle)
+    """
+    Each response is framed as RFC 9112 says, whole or a byte at a time,
+    and what follows a response that keeps the connection is read as the
+    next response: here a detach notice that answers no request.
+    """
+    parsed = parse(data + (DETACH_NOTICE if keep_alive else b""), method, trickle)
     assert (parsed.head.code, parsed.body, parsed.head.content_length) == (code, body, length)
-    assert parsed.head.keep_alive is keep_alive
-    assert parsed.rest == [b"NEXT"]
+    assert parsed.head.keep_alive is keep_alive and parsed.done
+    if keep_alive:
+        (notice,) = parsed.notices
+        assert notice.code == 503 and notice.values(b"pothead-requeue") == [b"1"]
 
 
-def test_head_keeps_every_header_in_order_and_folds_continuations():
+def test_head_keeps_every_header_in_order():
+    """
+    Every header is handed on as sent, in order, names as spelled, values
+    without surrounding whitespace; the reason phrase as sent.
+    """
     parsed = parse(
-        b"HTTP/1.1 404 Not  Here\r\nX-B: 2\r\nx-a:  1 \r\nX-B: 3\r\nX-Long: a\r\n  b\r\n"
-        b"Content-Length: 0\r\n\r\n"
+        b"HTTP/1.1 404 Not  Here\r\nX-B: 2\r\nx-a:  1 \r\nX-B: 3\r\nContent-Length: 0\r\n\r\n"
     )
     head = parsed.head
     assert (head.version, head.code, head.phrase) == ((1, 1), 404, b"Not  Here")
     assert head.headers == [
-        (b"X-B", b"2"), (b"x-a", b"1"), (b"X-B", b"3"), (b"X-Long", b"a b"),
-        (b"Content-Length", b"0"),
+        (b"X-B", b"2"), (b"x-a", b"1"), (b"X-B", b"3"), (b"Content-Length", b"0"),
     ]
     assert parse(b"HTTP/1.1 200\r\nContent-Length: 0\r\n\r\n").head.phrase == b""
 
@@ -127,18 +144,25 @@ def test_head_keeps_every_header_in_order_and_folds_continuations():
     [
         b"HTTP/1.1 200 OK\r\n\r\nuntil close",
         b"HTTP/1.0 200 OK\r\n\r\nuntil close",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\nContent-Length: 3\r\n\r\nuntil close",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nuntil close",
     ],
 )
 def test_body_without_length_is_read_until_close(data):
+    """
+    A body with no length, or a transfer coding other than chunked, runs
+    until the worker closes the connection, which completes it.
+    """
     parsed = parse(data)
     assert parsed.head.keep_alive is False and parsed.head.content_length is None
     assert (parsed.body, parsed.done) == (b"until close", False)
-    assert parsed.parser.connection_lost() is True
-    assert parsed.rest == [b""]
+    assert parsed.parser.connection_lost() is True and parsed.done
 
 
 def test_connection_lost_before_any_byte_or_mid_response():
+    """
+    A connection lost before any byte, or mid-response, does not complete
+    the response; the reader tells the two apart.
+    """
     parsed = Parsed()
     assert (parsed.parser.connection_lost(), parsed.parser.started) == (False, False)
     for partial in (b"HTTP/1.1 200 OK\r\nContent-", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nab",
@@ -164,14 +188,48 @@ def test_connection_lost_before_any_byte_or_mid_response():
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n+5\r\nabcde\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nA\nabcdefghij\n0\n\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff1\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 1\n\nx",
+        b"HTTP/1.1 200 OK\r\nX-Long: a\r\n  b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\rb\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\nContent-Length: 3\r\n\r\nabc",
+        b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n",
+        b"HTTP/1.1 000 Zero\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 200 O\x01K\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n",
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\nNEXT",
     ],
 )
 def test_malformed_response_is_refused(data):
+    """
+    A response llhttp refuses, or one the hub must not relay (status 000,
+    a control byte in the reason, HTTP/2.0, a switch of protocols), or
+    garbage after a response, raises BadResponse.
+    """
     with pytest.raises(BadResponse):
         parse(data)
 
 
+def test_many_interim_responses_are_skipped():
+    """
+    Thousands of 100 Continue before the final response are skipped one
+    after another, with no recursion.
+    """
+    parsed = parse(b"HTTP/1.1 100 Continue\r\n\r\n" * 3000
+                   + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert (parsed.head.code, parsed.body, parsed.done) == (200, b"ok", True)
+
+
 def test_oversized_head_is_refused_before_it_ends():
+    """
+    A response head that keeps growing is refused once it is over
+    MAX_HEAD, before it ends.
+    """
     parsed = Parsed()
     parsed.parser.feed(b"HTTP/1.1 200 OK\r\n")
     with pytest.raises(BadResponse):
@@ -185,8 +243,6 @@ def test_mutated_responses_fail_only_as_bad_responses():
     points: the parser either parses them or raises BadResponse, never
     anything a slot would not expect.
     """
-    import random
-
     seeds = [data for data, *_ in FRAMED]
     alphabet = b"HTTP/1.0 2345 :\r\n\t;,-0123456789abcdefxyzCKLT"
     inserts = [b"\r\n", b"\n", b"\r\n\r\n", b"0\r\n", b"Transfer-Encoding: chunked\r\n",
@@ -208,7 +264,7 @@ def test_mutated_responses_fail_only_as_bad_responses():
         cut = rng.randrange(len(data) + 1)
         try:
             for piece in (bytes(data[:cut]), bytes(data[cut:])):
-                if piece and not parsed.parser.finished:
+                if piece:
                     parsed.parser.feed(piece)
             parsed.parser.connection_lost()
         except BadResponse:

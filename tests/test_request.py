@@ -1,7 +1,10 @@
 """
-The hub's reading of consumer requests (pothead/request.py) and its
-consumer connections (pothead/consumer.py): strict heads, framing,
-pipelining, 100-continue and HTTP/1.0 keep-alive.
+The hub's reading of consumer requests (llhttp through pothead/http_server.py,
+policy in pothead/request.py) and its consumer connections
+(pothead/consumer.py): strict heads, framing, pipelining, 100-continue and
+HTTP/1.0 keep-alive.
+
+The raw-socket corpus of smuggling attempts is tests/test_smuggling.py.
 """
 
 from __future__ import annotations
@@ -9,10 +12,50 @@ from __future__ import annotations
 import random
 
 import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from pothead.request import BadRequest, parse_request_head
+from pothead.http_server import MAX_PIPELINED, ServerChannel, ServerRequest
+from pothead.limits import Limits
 from tests.test_limits import GET, HubHarness, header, status
+
+
+class Recorder:
+    """
+    A request handler that keeps what it is handed, for a L{ServerChannel}
+    on a StringTransport.
+    """
+
+    request_class = ServerRequest
+
+    def __init__(self, **limits) -> None:
+        self.limits = Limits(**limits)
+        self.clock = Clock()
+        self.handled: list[ServerRequest] = []
+
+    def handle(self, request: ServerRequest) -> None:
+        self.handled.append(request)
+
+    def answered(self, request: ServerRequest) -> None:
+        pass
+
+    def lost(self, request: ServerRequest) -> None:
+        pass
+
+
+def read(*pieces: bytes, **limits) -> tuple[Recorder, StringTransport]:
+    """
+    Feed C{pieces} to a new connection, one read each.
+    """
+    recorder = Recorder(**limits)
+    channel = ServerChannel(recorder)
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.5", 5000))
+    channel.makeConnection(transport)
+    for piece in pieces:
+        channel.dataReceived(piece)
+    return recorder, transport
 
 
 def test_head_parsed_as_sent():
@@ -20,41 +63,68 @@ def test_head_parsed_as_sent():
     Method, target and headers are kept as the consumer sent them, in
     order; the body's framing and the connection's fate are read off.
     """
-    head = parse_request_head(
-        b"POST /a?b=1 HTTP/1.1\r\nHost: h\r\nx-lower: 1\r\nX-Dup: a\r\n"
-        b"Expect: 100-Continue\r\nContent-Length: 5\r\nX-Dup: b\r\n"
+    recorder, _ = read(
+        b"POST /a?b=1 HTTP/1.1\r\nHost: h\r\nx-lower: 1 \r\nX-Dup: a\r\n"
+        b"Expect: 100-Continue\r\nContent-Length: 5\r\nX-Dup: b\r\n\r\nhello"
+        b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n"
     )
+    head = recorder.handled[0].head
     assert (head.method, head.target, head.version) == (b"POST", b"/a?b=1", b"HTTP/1.1")
     assert head.fields[1] == (b"x-lower", b"1")
     assert head.values(b"x-dup") == [b"a", b"b"]
     assert (head.length, head.chunked, head.keep_alive, head.expects_continue) == (
         5, False, True, True,
     )
-    old = parse_request_head(b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n")
-    assert old.version == b"HTTP/1.0" and old.keep_alive and not old.has_body
-    assert not parse_request_head(b"GET / HTTP/1.0\r\n").keep_alive
-    assert not parse_request_head(b"GET / HTTP/1.1\r\nConnection: close\r\n").keep_alive
-    assert parse_request_head(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n").chunked
+    assert recorder.handled[0].content.read() == b"hello"
+    for data, keep_alive in [
+        (b"GET / HTTP/1.0\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", True),
+    ]:
+        (request,), _ = read(data)[0].handled, None
+        assert request.head.keep_alive is keep_alive and not request.head.has_body
+    (chunked,) = read(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")[0].handled
+    assert chunked.head.chunked and chunked.content.read() == b""
+
+
+def test_absolute_form_target_names_the_host():
+    """
+    An absolute-form target is read in origin form, its authority the
+    request's Host whatever Host header came with it (RFC 9112 section
+    3.2.2), so the worker and the hub cannot disagree on the host.
+    """
+    (request,) = read(b"GET http://Other.example:8080/x?q=1 HTTP/1.1\r\nHost: h\r\n\r\n")[
+        0].handled
+    assert (request.head.target, request.head.host) == (b"/x?q=1", b"Other.example:8080")
+    assert request.head.fields == [(b"Host", b"Other.example:8080")]
+    (ipv6,) = read(b"GET http://[::1]/ HTTP/1.1\r\n\r\n")[0].handled
+    assert (ipv6.head.target, ipv6.head.host) == (b"/", b"[::1]")
 
 
 @pytest.mark.parametrize(
     "head, code",
     [
         (b"GET /", 400),
-        (b"GET  / HTTP/1.1", 400),
         (b"GET / HTTP/1.1 x", 400),
         (b"G(T / HTTP/1.1", 400),
+        (b"FOO / HTTP/1.1", 501),
+        (b"CONNECT h:443 HTTP/1.1", 501),
         (b"GET /\x7f HTTP/1.1", 400),
         (b"GET /\xe2\x82\xac HTTP/1.1", 400),
+        (b"GET ftp://h/ HTTP/1.1", 400),
+        (b"GET http://u@h/ HTTP/1.1", 400),
         (b"GET / HTTP/1", 400),
         (b"GET / HTTPS/1.1", 400),
         (b"GET / HTTP/2.0", 505),
+        (b"GET / HTTP/3.0", 505),
         (b"GET / HTTP/1.1\r\nHost : h", 400),
         (b"GET / HTTP/1.1\r\nX(y): 1", 400),
         (b"GET / HTTP/1.1\r\nX: a\x00b", 400),
         (b"GET / HTTP/1.1\r\nX: a\rb", 400),
+        (b"GET / HTTP/1.1\r\nX: a\r\n b", 400),
         (b"GET / HTTP/1.1\r\n continued", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", 400),
+        (b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3", 400),
         (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked", 400),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
@@ -63,33 +133,35 @@ def test_head_parsed_as_sent():
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", 501),
         (b"POST / HTTP/1.1\r\nContent-Length: +5", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: -1", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: \x0b5\x0c", 400),
         (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3, 4", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3, 3", 400),
+        (b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 5000, 400),
     ],
 )
 def test_ambiguous_or_malformed_heads_refused(head, code):
     """
     Whatever a worker might read differently from the hub is refused,
-    with the status RFC 9112 gives it.
+    with the status RFC 9112 gives it, and nothing is handed on.
     """
-    with pytest.raises(BadRequest) as raised:
-        parse_request_head(head + b"\r\n")
-    assert raised.value.status == code
+    recorder, transport = read(head + b"\r\n\r\n")
+    assert status(transport).split(b" ")[1] == b"%d" % (code,)
+    assert transport.disconnecting and not recorder.handled
 
 
 def test_mutated_heads_parse_or_are_refused():
     """
-    Thousands of seeded mutations of valid heads either parse or raise
-    BadRequest: no other exception escapes the parser.
+    Thousands of seeded mutations of valid requests are either handed on
+    or refused with a status: no exception escapes the server.
     """
     seeds = [
-        b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n",
-        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n",
-        b"PUT /u HTTP/1.0\r\nContent-Length: 10\r\nConnection: keep-alive\r\n",
+        b"GET /p?q=1 HTTP/1.1\r\nHost: h\r\nAccept: */*\r\n\r\n",
+        b"POST /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"PUT /u HTTP/1.0\r\nContent-Length: 10\r\nConnection: keep-alive\r\n\r\n0123456789",
     ]
     alphabet = b" \t\r\n:,;\x00\x7f\xff0aZ-/"
     rng = random.Random(4)
-    parsed = refused = 0
+    handled = refused = 0
     for _ in range(5000):
         data = bytearray(rng.choice(seeds))
         for _ in range(rng.randint(1, 4)):
@@ -101,12 +173,55 @@ def test_mutated_heads_parse_or_are_refused():
                 del data[at]
             else:
                 data.insert(at, rng.choice(alphabet))
-        try:
-            parse_request_head(bytes(data))
-            parsed += 1
-        except BadRequest:
-            refused += 1
-    assert parsed > 100 and refused > 100
+        recorder, transport = read(bytes(data))
+        handled += bool(recorder.handled)
+        refused += transport.value().startswith(b"HTTP/1.1 4") or transport.value().startswith(
+            b"HTTP/1.1 5")
+    assert handled > 100 and refused > 100
+
+
+def test_trickled_head_over_the_limit_refused():
+    """
+    A head that never ends is refused with 431 once more than the header
+    limit has arrived, a byte at a time or not, before llhttp holds more.
+    """
+    _, transport = read(b"GET / HTTP/1.1\r\nX: ", *([b"a"] * 2000), max_header_bytes=1000)
+    assert status(transport) == b"HTTP/1.1 431 Request Header Fields Too Large"
+    _, transport = read(b"GET /" + b"a" * 2000, max_header_bytes=1000)
+    assert status(transport) == b"HTTP/1.1 414 URI Too Long"
+
+
+def test_refusal_waits_for_the_request_before_it():
+    """
+    A malformed request pipelined behind a good one is answered after the
+    good one's response, in order, and the connection then closes.
+    """
+    harness = HubHarness()
+    slot, _ = harness.worker()
+    _, consumer = harness.consumer(GET + b"GET / HTTP/1.1\r\nX: a\x00\r\n\r\n")
+    assert consumer.value() == b"" and not consumer.disconnecting
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    first, second = consumer.value().split(b"ok", 1)
+    assert first.startswith(b"HTTP/1.1 200 OK") and second.startswith(b"HTTP/1.1 400")
+    assert consumer.disconnecting and harness.pool.queued == 0
+
+
+def test_many_pipelined_requests_pause_reading():
+    """
+    A client pipelining more than MAX_PIPELINED requests has its
+    connection paused until they are answered; none is dropped.
+    """
+    recorder = Recorder()
+    channel = ServerChannel(recorder)
+    transport = StringTransport()
+    channel.makeConnection(transport)
+    channel.dataReceived(GET * (MAX_PIPELINED + 5))
+    assert transport.producerState == "paused" and len(recorder.handled) == 1
+    for n in range(MAX_PIPELINED + 5):
+        recorder.handled[n].answer(200, b"OK", [], b"")
+    assert transport.producerState == "producing"
+    assert len(recorder.handled) == MAX_PIPELINED + 5
+    assert transport.value().count(b"HTTP/1.1 200 OK") == MAX_PIPELINED + 5
 
 
 def test_pipelined_requests_answered_in_order():
