@@ -6,21 +6,23 @@ hub answers ``101 Switching Protocols`` and from the next byte on the roles
 are swapped: the worker is the HTTP server on that connection.
 
 Both ends read exactly one message head (start line and headers) before
-the switch; L{HeadReceiver} does that with hard limits and a timeout, then
-hands the connection, and any bytes already read past the head, to the
-protocol that takes over.
+the switch; L{HeadReceiver} does that with llhttp, a hard limit and a
+timeout, then hands the connection, and any bytes already read past the
+head, to the protocol that takes over.
 """
 
 from __future__ import annotations
 
 from urllib.parse import quote
 
+from httptools import HttpRequestParser, HttpResponseParser
 from twisted.internet.protocol import Protocol
-from twisted.protocols.basic import LineReceiver
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
+from pothead.http1 import BadMessage
+from pothead.llhttp import feed
 from pothead.sockets import tune_tcp
 
 #: Where workers attach; the pool's name follows.
@@ -48,17 +50,20 @@ DETACH_NOTICE = (
     + b": 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 
-#: Limits on a handshake head: no real attach comes anywhere near them.
-MAX_HEAD_LINE = 8 * 1024
+#: The limit on a handshake head: no real attach comes anywhere near it.
 MAX_HEAD_BYTES = 32 * 1024
 
 
-class HeadReceiver(LineReceiver, TimeoutMixin):
+class HeadReceiver(Protocol, TimeoutMixin):
     """
-    Read one HTTP message head, then pass the connection on.
+    Read one HTTP message head with llhttp (L{pothead.llhttp}), then pass
+    the connection on.
 
-    Subclasses implement L{head_received}, and call L{switch_to} to hand
-    the connection to the protocol that speaks after the handshake.
+    Subclasses name the parser (requests at the hub, responses at the
+    worker), implement L{head_received}, and call L{switch_to} to hand the
+    connection to the protocol that speaks after the handshake.  llhttp
+    stops right after the head of a message that switches protocols, so
+    the bytes after it, read with it, go to that protocol.
 
     :ivar timeout: seconds allowed for the whole head to arrive, from its
         first byte.
@@ -66,15 +71,17 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         the head starts, or L{None} to count C{timeout} from the connect.
     """
 
-    MAX_LENGTH = MAX_HEAD_LINE
+    parser_class: type[HttpRequestParser] | type[HttpResponseParser]
     timeout: float | None = 10.0
     quiet_timeout: float | None = None
     _heard = False
 
     def __init__(self) -> None:
-        self._start_line: bytes | None = None
+        self._parser: HttpRequestParser | HttpResponseParser | None = self.parser_class(self)
+        self._target = b""
         self._headers = Headers()
         self._head_bytes = 0
+        self._complete = False
         self._successor: Protocol | None = None
 
     def connectionMade(self) -> None:
@@ -82,33 +89,53 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self.setTimeout(self.quiet_timeout or self.timeout)
 
     def dataReceived(self, data: bytes) -> None:
+        if self._successor is not None:
+            self._successor.dataReceived(data)
+            return
+        if self._parser is None:
+            # Refused, or answered and closing: nothing more is read.
+            return
         if not self._heard:
             self._heard = True
-            if self.quiet_timeout is not None and self._start_line is None:
+            if self.quiet_timeout is not None:
                 self.setTimeout(self.timeout)
-        super().dataReceived(data)
-
-    def lineReceived(self, line: bytes) -> None:
-        self._head_bytes += len(line) + 2
-        if self._head_bytes > MAX_HEAD_BYTES:
-            self.head_failed("head too large")
+        try:
+            rest = feed(self._parser, data, BadMessage)
+        except BadMessage as error:
+            self._parser = None
+            self.head_malformed(str(error))
             return
-        if self._start_line is None:
-            self._start_line = line
+        if not self._complete:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.head_failed("head too large")
             return
-        if line:
-            name, colon, value = line.partition(b":")
-            if not colon or not name or name != name.strip():
-                self.head_failed("malformed header line")
-                return
-            self._headers.addRawHeader(name, value.strip())
-            return
+        parser, self._parser = self._parser, None
         self.setTimeout(None)
-        self.setRawMode()
-        self.head_received(self._start_line, self._headers)
+        self.head_received(self._start_line(parser), self._headers)
+        if self._successor is not None and 0 <= rest < len(data):
+            self._successor.dataReceived(data[rest:])
 
-    def lineLengthExceeded(self, line: bytes) -> None:
-        self.head_failed("head line too long")
+    # llhttp's callbacks.
+
+    def on_url(self, piece: bytes) -> None:
+        self._target += piece
+
+    def on_status(self, piece: bytes) -> None:
+        self._target += piece
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._complete:
+            self._headers.addRawHeader(name, value.rstrip(b" \t"))
+
+    def on_headers_complete(self) -> None:
+        self._complete = True
+
+    def _start_line(self, parser: HttpRequestParser | HttpResponseParser) -> bytes:
+        version = b"HTTP/" + parser.get_http_version().encode("ascii")
+        if isinstance(parser, HttpRequestParser):
+            return b"%s %s %s" % (parser.get_method(), self._target, version)
+        return b"%s %03d %s" % (version, parser.get_status_code(), self._target)
 
     def timeoutConnection(self) -> None:
         self.head_failed("timed out" if self._heard else "silent too long")
@@ -117,19 +144,25 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         """
         The whole head has arrived.
 
-        :param start_line: the request or status line.
+        :param start_line: the request or status line, as llhttp read it.
         :param headers: the headers, in order.
         """
         raise NotImplementedError()
 
+    def head_malformed(self, why: str) -> None:
+        """
+        llhttp refused the head: by default, as L{head_failed}.
+        """
+        self.head_failed(why)
+
     def head_failed(self, why: str) -> None:
         """
-        The head was refused before it was complete; drop the connection.
+        The head was refused before it was complete; drop the connection,
+        and ignore what else was read with the offending bytes.
         """
         self.setTimeout(None)
+        self._parser = None
         self.transport.abortConnection()
-        # Ignore what else was read with the offending bytes.
-        self.lineReceived = self.rawDataReceived = lambda data: None
 
     def switch_to(self, successor: Protocol) -> None:
         """
@@ -139,14 +172,9 @@ class HeadReceiver(LineReceiver, TimeoutMixin):
         self._successor = successor
         successor.makeConnection(self.transport)
 
-    def rawDataReceived(self, data: bytes) -> None:
-        if self._successor is not None:
-            self._successor.dataReceived(data)
-        else:
-            self.head_failed("data before the handshake finished")
-
     def connectionLost(self, reason: Failure = None) -> None:
         self.setTimeout(None)
+        self._parser = None
         if self._successor is not None:
             self._successor.connectionLost(reason)
 

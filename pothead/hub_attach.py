@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable, Mapping
 from urllib.parse import unquote
 
+from httptools import HttpRequestParser
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
@@ -118,6 +119,8 @@ class AttachServer(HeadReceiver):
     One connection on the worker port, until it attaches or is refused.
     """
 
+    parser_class = HttpRequestParser
+
     def __init__(
         self,
         pools: Mapping[str, Pool],
@@ -156,6 +159,15 @@ class AttachServer(HeadReceiver):
         )
         _log.info("worker {worker} attached to pool {pool}", worker=name, pool=pool.name)
         self.switch_to(self._make_slot(pool, name))
+
+    def head_malformed(self, why: str) -> None:
+        self.setTimeout(None)
+        refusal = AttachRefused(400, f"malformed attach request: {why}")
+        _log.warn(
+            "refused attach from {peer}: {code} {why}",
+            peer=host_port(self.transport.getPeer()), code=400, why=refusal.why,
+        )
+        self._refuse(refusal)
 
     def head_failed(self, why: str) -> None:
         _log.warn(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 
+from httptools import HttpResponseParser
 from twisted.internet.defer import Deferred, gatherResults, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
@@ -40,6 +41,8 @@ class AttachClient(HeadReceiver):
     Nothing is sent until L{attach} is called, so a slot can hold an open
     connection while the worker decides whether it may take work.
     """
+
+    parser_class = HttpResponseParser
 
     def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime) -> None:
@@ -187,10 +190,10 @@ class AttachClient(HeadReceiver):
         if self.connected_now:
             getattr(self.transport, "loseWriteConnection", self.transport.loseConnection)()
 
-    def rawDataReceived(self, data: bytes) -> None:
+    def dataReceived(self, data: bytes) -> None:
         if self._detached:
             return
-        super().rawDataReceived(data)
+        super().dataReceived(data)
 
     def head_failed(self, why: str) -> None:
         self._fail(f"bad answer from hub: {why}")
