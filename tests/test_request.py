@@ -4,7 +4,7 @@ policy in pothead/request.py) and its consumer connections
 (pothead/consumer.py): strict heads, framing, pipelining, 100-continue and
 HTTP/1.0 keep-alive.
 
-The raw-socket corpus of smuggling attempts is tests/test_smuggling.py.
+The raw-socket corpus of smuggling attempts against a running hub is still to be written.
 """
 
 from __future__ import annotations
