@@ -36,6 +36,7 @@ class ConsumerFactory(Factory):
     """
 
     request_class = ConsumerRequest
+    requires_host = True
 
     def __init__(
         self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog

@@ -243,6 +243,8 @@ class RequestHandler(TypingProtocol):
     limits: Limits
     clock: IReactorTime
     request_class: type[ServerRequest]
+    #: Whether an HTTP/1.1 request without ``Host`` is refused.
+    requires_host: bool
 
     def handle(self, request: ServerRequest) -> None:
         """
@@ -388,7 +390,7 @@ class ServerChannel(Protocol):
         url, self._url = self._url, b""
         head = request_head(
             parser.get_method(), url, parser.get_http_version(), parser.should_keep_alive(),
-            fields,
+            fields, self.factory.requires_host,
         )
         if parser.should_upgrade() and head.has_body and head.length != 0:
             # llhttp would take the body for the new protocol's bytes; the

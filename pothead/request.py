@@ -5,7 +5,8 @@ Every byte of a request's syntax is checked by llhttp (L{pothead.llhttp}):
 a request line, header line or body that is not strict HTTP/1.1 never gets
 this far.  What llhttp accepts and a front door must still refuse is
 decided here, each with the status code it deserves: several ``Host``
-headers (a worker must not have to guess which counts), a transfer coding
+headers (a worker must not have to guess which counts) or none in
+HTTP/1.1, a transfer coding
 in an HTTP/1.0 request or one other than ``chunked`` (501), any HTTP
 version but 1.0 and 1.1 (505), ``CONNECT`` (the hub is no forward proxy),
 and an absolute-form target, whose authority becomes the ``Host`` the
@@ -85,7 +86,7 @@ _VERSIONS = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 
 def request_head(
     method: bytes, target: bytes, version: str, keep_alive: bool,
-    fields: list[tuple[bytes, bytes]],
+    fields: list[tuple[bytes, bytes]], require_host: bool = True,
 ) -> RequestHead:
     """
     The head of a request llhttp has parsed, once the hub's policy allows
@@ -95,6 +96,9 @@ def request_head(
     :param keep_alive: llhttp's reading of the version and ``Connection``.
     :param fields: every header, in order, values without surrounding
         whitespace.
+    :param require_host: whether an HTTP/1.1 request without ``Host`` is
+        refused, as RFC 9112 says a server must (the front door); a
+        worker's slot, whose only client is the hub, serves it.
     :raise BadRequest: if the hub must refuse it.
     """
     if version not in _VERSIONS:
@@ -123,6 +127,10 @@ def request_head(
         # Host counts.
         raise BadRequest("several Host headers")
     request.host = hosts[0] if hosts else None
+    if require_host and not hosts and version == "1.1" and target[:1] in (b"/", b"*"):
+        # RFC 9112 section 3.2: a server must refuse it.  (An absolute-form
+        # target names its host itself.)
+        raise BadRequest("HTTP/1.1 request without Host")
     if codings:
         # llhttp has refused Transfer-Encoding beside Content-Length, and a
         # request whose last coding is not chunked.

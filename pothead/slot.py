@@ -58,6 +58,7 @@ class Slot(Protocol):
         self._responses = ResponseReader(self)
         self._keep_alive = False
         self._handing_back = False
+        self._head: ResponseHead | None = None
         self._upload: BufferedBody | None = None
         self._closing = False
 
@@ -77,6 +78,9 @@ class Slot(Protocol):
             self._responses.feed(data)
         except BadResponse as error:
             self._bad_response(str(error))
+            return
+        if self._head is not None:
+            self._relay_head()
 
     def unsolicited(self, head: ResponseHead) -> None:
         """
@@ -198,13 +202,23 @@ class Slot(Protocol):
         if is_requeue_signal(head):
             self._handing_back = True
             return
+        # Relayed once the rest of this read has parsed: a body that is
+        # malformed from its first byte is then still the hub's own 502.
+        self._head = head
+
+    def _relay_head(self) -> None:
+        head, self._head = self._head, None
         self.job.respond(head, self.transport)
 
     def response_body(self, data: bytes) -> None:
+        if self._head is not None:
+            self._relay_head()
         if not self._handing_back:
             self.job.relay_body(data)
 
     def response_done(self) -> None:
+        if self._head is not None:
+            self._relay_head()
         job = self.job
         self.job = None
         reusable = (
@@ -254,6 +268,7 @@ class Slot(Protocol):
     def _bad_response(self, why: str) -> None:
         job = self.job
         self.job = None
+        self._head = None
         self._close(abort=True)
         if job is None:
             _log.warn(

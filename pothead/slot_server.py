@@ -280,6 +280,9 @@ class SlotServer(Factory):
 
     request_class = WSGIRequest
     limits = SLOT_LIMITS
+    #: The hub always sends one; anyone else talking to a slot directly
+    #: is served as twisted.web would serve them.
+    requires_host = False
 
     def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
         self.resource = resource

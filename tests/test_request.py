@@ -29,6 +29,7 @@ class Recorder:
     """
 
     request_class = ServerRequest
+    requires_host = True
 
     def __init__(self, **limits) -> None:
         self.limits = Limits(**limits)
@@ -78,12 +79,12 @@ def test_head_parsed_as_sent():
     assert recorder.handled[0].content.read() == b"hello"
     for data, keep_alive in [
         (b"GET / HTTP/1.0\r\n\r\n", False),
-        (b"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", False),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n", False),
         (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", True),
     ]:
         (request,), _ = read(data)[0].handled, None
         assert request.head.keep_alive is keep_alive and not request.head.has_body
-    (chunked,) = read(b"PUT / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")[0].handled
+    (chunked,) = read(b"PUT / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")[0].handled
     assert chunked.head.chunked and chunked.content.read() == b""
 
 
@@ -118,25 +119,26 @@ def test_absolute_form_target_names_the_host():
         (b"GET / HTTP/2.0", 505),
         (b"GET / HTTP/3.0", 505),
         (b"GET / HTTP/1.1\r\nHost : h", 400),
-        (b"GET / HTTP/1.1\r\nX(y): 1", 400),
-        (b"GET / HTTP/1.1\r\nX: a\x00b", 400),
-        (b"GET / HTTP/1.1\r\nX: a\rb", 400),
-        (b"GET / HTTP/1.1\r\nX: a\r\n b", 400),
-        (b"GET / HTTP/1.1\r\n continued", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX(y): 1", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\rb", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n continued", 400),
         (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b", 400),
-        (b"GET / HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3", 400),
+        (b"GET / HTTP/1.1", 400),
+        (b"GET / HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: h2c\r\nContent-Length: 3", 400),
         (b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, x", 400),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked", 501),
-        (b"POST / HTTP/1.1\r\nContent-Length: +5", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: -1", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: \x0b5\x0c", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: 3, 3", 400),
-        (b"POST / HTTP/1.1\r\nContent-Length: " + b"9" * 5000, 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 3", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, x", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked", 501),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: +5", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: -1", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: \x0b5\x0c", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 4", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3, 3", 400),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: " + b"9" * 5000, 400),
     ],
 )
 def test_ambiguous_or_malformed_heads_refused(head, code):
@@ -303,7 +305,7 @@ def test_unframed_response_chunked_for_http11():
     [
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\nabc", b"400"),
         (b"GET / HTTP/3.0\r\n\r\n", b"505"),
-        (b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
+        (b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", b"501"),
         (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", b"400"),
     ],
 )
