@@ -9,6 +9,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
 from pothead.access_log import AccessLog
+from pothead.connection_limit import ConnectionLimit
 from pothead.http_server import ServerChannel, ServerRequest
 from pothead.job import Job
 from pothead.limits import Limits
@@ -30,6 +31,40 @@ class ConsumerRequest(ServerRequest):
         self.job: Job | None = None
 
 
+class ConsumerChannel(ServerChannel):
+    """
+    One consumer connection, counted against the hub's connection limit,
+    which may close it to make room once it idles between requests.
+    """
+
+    #: When it last answered a request and went idle (set then only).
+    _idle_at: float | None = None
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.factory.connections.opened(self)
+
+    def connectionLost(self, reason) -> None:
+        super().connectionLost(reason)
+        self.factory.connections.closed(self)
+
+    def idle(self) -> None:
+        self._idle_at = self.factory.clock.seconds()
+
+    def idle_since(self) -> float | None:
+        """
+        When it went idle, if it is idle and kept alive now: closing it
+        then loses nothing.
+        """
+        return self._idle_at if self.between_requests else None
+
+    def close_idle(self) -> None:
+        """
+        Close it to make room for a connection waiting to be accepted.
+        """
+        self.close()
+
+
 class ConsumerFactory(Factory):
     """
     Consumer connections, sharing a pool, limits and an access log.
@@ -39,15 +74,17 @@ class ConsumerFactory(Factory):
     requires_host = True
 
     def __init__(
-        self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog
+        self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog,
+        connections: ConnectionLimit,
     ) -> None:
         self.pool = pool
         self.clock = clock
         self.limits = limits
         self.access_log = access_log
+        self.connections = connections
 
-    def buildProtocol(self, addr) -> ServerChannel:
-        return ServerChannel(self)
+    def buildProtocol(self, addr) -> ConsumerChannel:
+        return ConsumerChannel(self)
 
     def handle(self, request: ConsumerRequest) -> None:
         if request.head.target == b"*":
@@ -74,7 +111,8 @@ class ConsumerFactory(Factory):
 
 
 def consumer_factory(
-    pool: Pool, clock: IReactorTime, limits: Limits, access_log: str | None = None
+    pool: Pool, clock: IReactorTime, limits: Limits, connections: ConnectionLimit,
+    access_log: str | None = None,
 ) -> ConsumerFactory:
     """
     The factory consumers connect to.
@@ -82,9 +120,11 @@ def consumer_factory(
     :param pool: where their requests are queued.
     :param clock: the hub's clock, for queue times and timeouts.
     :param limits: what consumers may send, and how long they may wait.
+    :param connections: the limit on consumer connections, shared by
+        every consumer port.
     :param access_log: where the access log goes (combined log format):
         L{None} for the twistd log, a path for a file of its own (written
         in blocks, so cheaper per request), or C{"none"}.
     """
-    return ConsumerFactory(pool, clock, limits, AccessLog.open(access_log, clock))
+    return ConsumerFactory(pool, clock, limits, AccessLog.open(access_log, clock), connections)
 

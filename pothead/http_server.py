@@ -485,7 +485,7 @@ class ServerChannel(Protocol):
         self.factory.answered(request)
         request.close()
         if not request.head.keep_alive:
-            self._close()
+            self.close()
             return
         self._advance()
         if self._served is None and not self._waiting and not self._closing:
@@ -495,6 +495,17 @@ class ServerChannel(Protocol):
         """
         No request is being answered or waits to be: a hook.
         """
+
+    @property
+    def between_requests(self) -> bool:
+        """
+        Whether nothing of a request is being received, waits or is being
+        answered, and the connection is not closing.
+        """
+        return (
+            self._served is None and not self._waiting and self._fields is None
+            and self._receiving is None and not self._closing
+        )
 
     @property
     def busy(self) -> bool:
@@ -513,7 +524,10 @@ class ServerChannel(Protocol):
         for request in waiting:
             request.close()
 
-    def _close(self) -> None:
+    def close(self) -> None:
+        """
+        Close the connection once what is written is sent; read no more.
+        """
         self._closing = True
         self._clear_deadline()
         self.drop_pipelined()
@@ -563,7 +577,7 @@ class ServerChannel(Protocol):
         self._deadline_for = None
         if what == _IDLE:
             # Idle between requests: nothing to answer.
-            self._close()
+            self.close()
         else:
             self._refuse(408, f"{what} not received within {seconds:g}s")
 
@@ -603,7 +617,7 @@ class ServerChannel(Protocol):
             b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
             b"Connection: close\r\n\r\n%s" % (_STATUS_LINES[code], len(body), body)
         )
-        self._close()
+        self.close()
 
 
 #: How many requests a connection may have waiting behind the one being

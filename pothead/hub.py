@@ -11,7 +11,9 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from pothead.attach import DEFAULT_POOL
+from pothead.connection_limit import ConnectionLimit
 from pothead.consumer import ConsumerFactory, consumer_factory
+from pothead.descriptors import ATTACH_MARGIN
 from pothead.exit import exit_cleanly
 from pothead.hub_attach import LegacyWorkerFactory, WorkerPortFactory
 from pothead.limits import Limits
@@ -30,6 +32,10 @@ class Hub:
 
     :ivar pools: the pools workers may attach to, by name.
     :ivar limits: the limits and timeouts it enforces.
+    :ivar consumer_connections: the limit on consumer connections, shared
+        by every consumer port.
+    :ivar worker_connections: the limit on worker-port connections: the
+        slots it holds, and a margin for attaches it reads to refuse.
     """
 
     def __init__(
@@ -42,6 +48,10 @@ class Hub:
         self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL, clock)}
         self.limits = limits or Limits()
         self.access_log = access_log
+        self.consumer_connections = ConnectionLimit(self.limits.connections, clock, "consumer")
+        self.worker_connections = ConnectionLimit(
+            self.limits.max_slots + ATTACH_MARGIN, clock, "worker-port"
+        )
         self._clock = clock
         self._token_check = TokenCheck(token)
 
@@ -50,7 +60,8 @@ class Hub:
         A factory for a consumer listener: requests go to the default pool.
         """
         return consumer_factory(
-            self.pools[DEFAULT_POOL], self._clock, self.limits, self.access_log
+            self.pools[DEFAULT_POOL], self._clock, self.limits, self.consumer_connections,
+            self.access_log,
         )
 
     def legacy_worker_factory(self) -> LegacyWorkerFactory:
@@ -66,9 +77,9 @@ class Hub:
         return WorkerPortFactory(
             self.pools,
             self._token_check,
-            self.limits.attach_timeout,
+            self.limits,
             self._clock,
-            self.limits.quiet_timeout,
+            self.worker_connections,
         )
 
     @property

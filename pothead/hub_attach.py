@@ -5,13 +5,14 @@ turn the connection into a slot of the pool it names.
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Mapping
 from urllib.parse import unquote
 
 from httptools import HttpRequestParser
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from pothead.address import host_port
@@ -23,6 +24,8 @@ from pothead.attach import (
     HeadReceiver,
     header_tokens,
 )
+from pothead.connection_limit import ConnectionLimit
+from pothead.limits import Limits
 from pothead.pool import Pool
 from pothead.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
@@ -34,6 +37,7 @@ _REASONS = {
     401: b"Unauthorized",
     404: b"Not Found",
     426: b"Upgrade Required",
+    503: b"Service Unavailable",
 }
 
 
@@ -58,6 +62,7 @@ def check_attach(
     headers: Headers,
     pools: Mapping[str, Pool],
     token_check: TokenCheck,
+    limits: Limits,
 ) -> tuple[Pool, bytes]:
     """
     Decide on one attach request.
@@ -66,6 +71,8 @@ def check_attach(
     :param headers: its headers.
     :param pools: the hub's pools, by name.
     :param token_check: the hub's token policy.
+    :param limits: the hub's limits: the slots it may hold, and the
+        Retry-After it suggests when it holds them all.
     :return: the pool to join and the upgrade token to answer with.
     :raise AttachRefused: when the request is not an acceptable attach.
     """
@@ -93,6 +100,11 @@ def check_attach(
     upgrade = _chosen_upgrade(headers)
     if b"upgrade" not in (t.lower() for t in header_tokens(headers, b"connection")):
         raise AttachRefused(400, "Connection: Upgrade is required")
+    if sum(len(pool.slots) for pool in pools.values()) >= limits.max_slots:
+        raise AttachRefused(
+            503, f"the hub holds {limits.max_slots} slots, its --max-slots",
+            (b"Retry-After: %d" % (limits.retry_after,),),
+        )
     return pool, upgrade
 
 
@@ -125,25 +137,42 @@ class AttachServer(HeadReceiver):
         self,
         pools: Mapping[str, Pool],
         token_check: TokenCheck,
-        timeout: float,
+        limits: Limits,
         clock: IReactorTime,
-        make_slot: Callable[[Pool, str], Slot],
-        quiet_timeout: float | None = None,
+        connections: ConnectionLimit,
     ) -> None:
         super().__init__()
         self._pools = pools
         self._token_check = token_check
-        self.timeout = timeout
-        self.quiet_timeout = quiet_timeout
+        self._limits = limits
+        self.timeout = limits.attach_timeout
+        self.quiet_timeout = limits.quiet_timeout
         self.callLater = clock.callLater
-        self._make_slot = make_slot
+        self._connections = connections
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._connections.opened(self)
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        super().connectionLost(reason)
+        self._connections.closed(self)
+
+    def idle_since(self) -> None:
+        """A worker connection is never closed to make room for another."""
+        return None
+
+    def close_idle(self) -> None:
+        raise NotImplementedError("worker connections are not closed to make room")
 
     def head_received(self, start_line: bytes, headers: Headers) -> None:
         peer = self.transport.getPeer()
         worker = headers.getRawHeaders(b"pothead-worker", [b""])[0].decode("utf-8", "replace")
         name = f"{worker or 'unnamed'}@{host_port(peer)}"
         try:
-            pool, upgrade = check_attach(start_line, headers, self._pools, self._token_check)
+            pool, upgrade = check_attach(
+                start_line, headers, self._pools, self._token_check, self._limits
+            )
         except AttachRefused as refusal:
             _log.warn(
                 "refused attach from {worker}: {code} {why}",
@@ -158,7 +187,7 @@ class AttachServer(HeadReceiver):
             b"Upgrade: " + upgrade + b"\r\nALPN: " + HTTP11_ALPN + b"\r\n\r\n"
         )
         _log.info("worker {worker} attached to pool {pool}", worker=name, pool=pool.name)
-        self.switch_to(self._make_slot(pool, name))
+        self.switch_to(Slot(pool, name))
 
     def head_malformed(self, why: str) -> None:
         self.setTimeout(None)
@@ -199,21 +228,14 @@ class WorkerPortFactory(Factory):
         self,
         pools: Mapping[str, Pool],
         token_check: TokenCheck,
-        attach_timeout: float,
+        limits: Limits,
         clock: IReactorTime,
-        quiet_timeout: float | None = None,
+        connections: ConnectionLimit,
     ) -> None:
-        self._pools = pools
-        self._token_check = token_check
-        self._attach_timeout = attach_timeout
-        self._clock = clock
-        self._quiet_timeout = quiet_timeout
+        self._args = (pools, token_check, limits, clock, connections)
 
     def buildProtocol(self, addr) -> AttachServer:
-        return AttachServer(
-            self._pools, self._token_check, self._attach_timeout, self._clock, Slot,
-            self._quiet_timeout,
-        )
+        return AttachServer(*self._args)
 
 
 class LegacyWorkerFactory(Factory):

@@ -4,11 +4,18 @@
 
 from __future__ import annotations
 
-from twisted.application import strports
+from dataclasses import replace
+
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.protocol import Factory
 from twisted.python import usage
 
+from pothead.connection_limit import ConnectionLimit
+from pothead.descriptors import take_budget
 from pothead.hub import Hub, HubService
 from pothead.limits import Limits
+from pothead.listening import DescriptorReserve, Listener, overflow_response, with_backlog
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 
@@ -17,6 +24,8 @@ DEFAULTS = Limits()
 #: Command-line option name -> Limits field.
 _LIMIT_OPTIONS = {
     "max-queue": "max_queue",
+    "max-connections": "max_connections",
+    "max-slots": "max_slots",
     "queue-timeout": "queue_timeout",
     "request-timeout": "request_timeout",
     "max-body-size": "max_body_bytes",
@@ -56,6 +65,12 @@ class Options(usage.Options):
         [option, None, default, help, kind]
         for option, default, help, kind in [
             ("max-queue", DEFAULTS.max_queue, "Jobs that may wait in the queue (503 beyond).", int),
+            ("max-connections", None,
+             "Consumer connections open at once; beyond, new ones wait to be accepted and "
+             "idle kept-alive ones are closed for them (default: --max-queue plus "
+             "--max-slots plus 256, as far as the descriptor limit allows).", int),
+            ("max-slots", DEFAULTS.max_slots,
+             "Worker slots attached at once (503 to further attaches).", int),
             ("queue-timeout", DEFAULTS.queue_timeout,
              "Seconds a job may wait for a worker (then 503).", float),
             ("request-timeout", DEFAULTS.request_timeout,
@@ -123,7 +138,10 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         self["consumer"] = self["consumer"] or ["tcp:8080"]
         self["worker"] = self["worker"] or ["tcp:4040"]
-        require_positive(self, *(name for name in _LIMIT_OPTIONS if name != "retries"))
+        require_positive(
+            self, *(name for name in _LIMIT_OPTIONS
+                    if name != "retries" and self[name] is not None)
+        )
         if self["retries"] < 0:
             raise usage.UsageError(f"--retries must be 0 or more, not {self['retries']}")
         self["limits"] = Limits(**{field: self[option] for option, field in _LIMIT_OPTIONS.items()})
@@ -141,18 +159,27 @@ class Options(usage.Options):
 def makeService(config: Options) -> HubService:
     """
     One listener per ``--consumer`` and ``--worker`` endpoint, all serving
-    the same hub.
+    the same hub, within the descriptors the process can have.
     """
     from twisted.internet import reactor
 
-    service = HubService(
-        Hub(reactor, token=config["token"], limits=config["limits"], access_log=config["access-log"])
-    )
-    for endpoint in config["consumer"]:
-        strports.service(endpoint, service.hub.consumer_factory()).setServiceParent(service.consumers)
-    for endpoint in config["worker"]:
-        strports.service(endpoint, service.hub.worker_factory()).setServiceParent(service.workers)
-    for endpoint in config["legacy-worker"]:
-        factory = service.hub.legacy_worker_factory()
-        strports.service(endpoint, factory).setServiceParent(service.workers)
+    limits = config["limits"]
+    endpoints = config["consumer"] + config["worker"] + config["legacy-worker"]
+    budget = take_budget(limits.connections, limits.max_slots, len(endpoints))
+    limits = replace(limits, max_connections=budget.max_connections, max_slots=budget.max_slots)
+    hub = Hub(reactor, token=config["token"], limits=limits, access_log=config["access-log"])
+    service = HubService(hub)
+    reserve = DescriptorReserve(reactor, overflow_response(limits.retry_after))
+
+    def listen(description: str, factory: Factory, limit: ConnectionLimit,
+               parent: MultiService) -> None:
+        endpoint = serverFromString(reactor, with_backlog(description, limit.maximum))
+        Listener(endpoint, factory, limit, reserve, reactor).setServiceParent(parent)
+
+    for description in config["consumer"]:
+        listen(description, hub.consumer_factory(), hub.consumer_connections, service.consumers)
+    for description in config["worker"]:
+        listen(description, hub.worker_factory(), hub.worker_connections, service.workers)
+    for description in config["legacy-worker"]:
+        listen(description, hub.legacy_worker_factory(), hub.worker_connections, service.workers)
     return service

@@ -17,11 +17,21 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
+#: Consumer connections the default connection limit allows beyond a full
+#: queue and a busy slot each: idle kept-alive ones, ones being refused.
+IDLE_ROOM = 256
+
 
 @dataclass(frozen=True)
 class Limits:
     """
     :ivar max_queue: jobs a pool may hold waiting; more get 503.
+    :ivar max_connections: consumer connections open at once; at the
+        limit new ones wait in the listen backlog.  L{None}: enough for a
+        full queue, a request on every slot and some idle kept-alive
+        connections (L{Limits.connections}).
+    :ivar max_slots: worker slots attached at once; further attaches get
+        503.
     :ivar queue_timeout: seconds a job may wait for a slot; then 503.
     :ivar request_timeout: seconds from arrival until the worker's response
         head; then 504.
@@ -53,6 +63,8 @@ class Limits:
     """
 
     max_queue: int = 1000
+    max_connections: int | None = None
+    max_slots: int = 1024
     queue_timeout: float = 1 * MINUTE
     request_timeout: float = 10 * MINUTE
     max_body_bytes: int = 1 * GIB
@@ -66,3 +78,14 @@ class Limits:
     retries: int = 1
     stop_timeout: float = 30 * SECOND
     stall_timeout: float = 5 * MINUTE
+
+    @property
+    def connections(self) -> int:
+        """
+        The consumer connections the hub holds: L{max_connections}, or by
+        default a full queue, one being answered by every slot, and room
+        for idle kept-alive ones.
+        """
+        if self.max_connections is not None:
+            return self.max_connections
+        return self.max_queue + self.max_slots + IDLE_ROOM

@@ -12,7 +12,9 @@ from twisted.python.failure import Failure
 from twisted.web.wsgi import WSGIResource
 
 from pothead.attach import MAX_HEAD_BYTES, attach_request
+from pothead.connection_limit import ConnectionLimit
 from pothead.hub_attach import WorkerPortFactory
+from pothead.limits import Limits
 from pothead.pool import Pool
 from pothead.slot_server import SlotServer
 from pothead.tokens import TokenCheck
@@ -28,7 +30,7 @@ def hub_connection(token=None):
     """
     clock = Clock()
     pool = Pool("default", clock)
-    factory = WorkerPortFactory({"default": pool}, TokenCheck(token), ATTACH_TIMEOUT, clock)
+    factory = WorkerPortFactory({"default": pool}, TokenCheck(token), Limits(attach_timeout=ATTACH_TIMEOUT), clock, ConnectionLimit(100, clock, "worker-port"))
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     protocol.makeConnection(transport)
@@ -177,7 +179,7 @@ def test_silent_connection_waits_for_quiet_timeout():
     """
     clock = Clock()
     pool = Pool("default", clock)
-    factory = WorkerPortFactory({"default": pool}, TokenCheck(None), ATTACH_TIMEOUT, clock, 100.0)
+    factory = WorkerPortFactory({"default": pool}, TokenCheck(None), Limits(attach_timeout=ATTACH_TIMEOUT, quiet_timeout=100.0), clock, ConnectionLimit(100, clock, "worker-port"))
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     protocol.makeConnection(transport)

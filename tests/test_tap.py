@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from twisted.application.internet import ClientService, StreamServerEndpointService
+from twisted.application.internet import ClientService
 from twisted.application.service import IServiceMaker
 from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
@@ -15,7 +15,9 @@ from zope.interface.verify import verifyObject
 
 from pothead import hub_tap, worker_tap
 from pothead.demo import app as demo_app
+from pothead.descriptors import ATTACH_MARGIN
 from pothead.limits import Limits
+from pothead.listening import Listener
 from pothead.worker import AppThreadsService
 
 ROOT = Path(__file__).parent.parent
@@ -41,6 +43,8 @@ def test_hub_defaults(monkeypatch):
         "token": None,
         "access-log": None,
         "max-queue": 1000,
+        "max-connections": None,
+        "max-slots": 1024,
         "queue-timeout": 60.0,
         "request-timeout": 600.0,
         "max-body-size": 1024**3,
@@ -74,7 +78,8 @@ def test_hub_options(tmp_path, monkeypatch):
         "--max-body-size", "100", "--max-header-size", "1000",
         "--header-timeout", "2", "--body-timeout", "3", "--idle-timeout", "20",
         "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
-        "--retries", "0", "--stall-timeout", "45",
+        "--retries", "0", "--stall-timeout", "45", "--max-connections", "50",
+        "--max-slots", "8",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
@@ -84,6 +89,8 @@ def test_hub_options(tmp_path, monkeypatch):
         "token": "from-file",
         "access-log": "none",
         "max-queue": 7,
+        "max-connections": 50,
+        "max-slots": 8,
         "queue-timeout": 1.5,
         "request-timeout": 9.0,
         "max-body-size": 100,
@@ -98,7 +105,7 @@ def test_hub_options(tmp_path, monkeypatch):
         "stop-timeout": 4.0,
         "stall-timeout": 45.0,
         "limits": Limits(
-            max_queue=7, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
+            max_queue=7, max_connections=50, max_slots=8, queue_timeout=1.5, request_timeout=9.0, max_body_bytes=100,
             max_header_bytes=1000, header_timeout=2.0, body_timeout=3.0, idle_timeout=20.0,
             attach_timeout=2.5, retry_after=11, retries=0, stop_timeout=4.0, stall_timeout=45.0,
         ),
@@ -186,14 +193,18 @@ def test_worker_bad_options(argv, message):
 
 def test_hub_service_wiring():
     """
-    The hub service has one listener per consumer and worker endpoint.
+    The hub service has one listener per consumer and worker endpoint,
+    each bounded by its side's connection limit.
     """
     options = hub_tap.Options()
-    options.parseOptions(["--consumer", "tcp:0", "--consumer", "tcp:0", "--worker", "tcp:0"])
+    options.parseOptions(["--consumer", "tcp:0", "--consumer", "tcp:0", "--worker", "tcp:0",
+                          "--max-connections", "300", "--max-slots", "20"])
     service = hub_tap.makeService(options)
     consumers, workers = list(service.consumers), list(service.workers)
     assert (len(consumers), len(workers)) == (2, 1)
-    assert all(isinstance(child, StreamServerEndpointService) for child in consumers + workers)
+    assert all(isinstance(child, Listener) for child in consumers + workers)
+    assert service.hub.consumer_connections.maximum == 300
+    assert service.hub.worker_connections.maximum == 20 + ATTACH_MARGIN
 
 
 def test_worker_service_wiring():
