@@ -88,7 +88,7 @@ class Proc:
     """A child process of ours, logged to a file, stopped by its PID."""
 
     def __init__(self, name: str, argv: list[str], logdir: Path, cwd: Path | None = None,
-                 stdin=subprocess.DEVNULL, stdout=None) -> None:
+                 stdin=subprocess.DEVNULL, stdout=None, env: dict | None = None) -> None:
         self.name = name
         self.logpath = logdir / f"{name}.log"
         self.log = open(self.logpath, "ab")
@@ -98,6 +98,7 @@ class Proc:
             stdout=stdout if stdout is not None else self.log,
             stderr=self.log if stdout is not None else subprocess.STDOUT,
             cwd=str(cwd) if cwd else None,
+            env=env,
         )
         self.pid = self.popen.pid
         _ALL_PROCS.append(self)
@@ -411,50 +412,55 @@ http {{
         return self
 
 
-_HUB_HELP: str | None = None
+#: ``twistd pothead-hub --help`` per source tree: a baseline may lack options.
+_HUB_HELP: dict[Path, str] = {}
 
 
-def hub_limit_options(twistd: list[str]) -> list[str]:
+def hub_limit_options(twistd: list[str], tree: Path, env: dict | None) -> list[str]:
     """
     Raise the hub's queue and body limits (where this version has them) so
     that the memory and big-body measurements are not refused: the default
     queue bound is below the 10,000 queued jobs measured.
     """
-    global _HUB_HELP
-    if _HUB_HELP is None:
+    if tree not in _HUB_HELP:
         p = subprocess.run(twistd + ["pothead-hub", "--help"], capture_output=True, text=True,
-                           cwd=REPO, timeout=60)
-        _HUB_HELP = p.stdout + p.stderr
+                           cwd=tree, env=env, timeout=60)
+        _HUB_HELP[tree] = p.stdout + p.stderr
+    help_text = _HUB_HELP[tree]
     out = []
-    if "--max-queue" in _HUB_HELP:
+    if "--max-queue" in help_text:
         out += ["--max-queue", "100000"]
-    if "--max-body-size" in _HUB_HELP:
+    if "--max-body-size" in help_text:
         out += ["--max-body-size", str(4 << 30)]
-    if "--queue-timeout" in _HUB_HELP:
+    if "--queue-timeout" in help_text:
         out += ["--queue-timeout", "600"]
     return out
 
 
 class Pothead(System):
     name = "pothead"
+    #: the source tree the hub and worker run from, and their environment
+    #: (None: ours, which puts this working tree first on PYTHONPATH)
+    tree: Path = REPO
+    env: dict | None = None
 
     def start(self):
         self.front = free_port()
         wport = free_port()
         twistd = twistd_command()
-        hub = self._spawn("pothead-hub", twistd + [
+        hub = self._spawn(f"{self.name}-hub", twistd + [
             "-n", "--pidfile=", "-l", "-", "pothead-hub",
             "--consumer", f"tcp:{self.front}:interface={HOST}",
             "--worker", f"tcp:{wport}:interface={HOST}",
             "--access-log", str(self.workdir / "access.log"),
-        ] + hub_limit_options(twistd), cwd=REPO)
+        ] + hub_limit_options(twistd, self.tree, self.env), cwd=self.tree, env=self.env)
         wait_port(wport, 30, hub)
         wait_port(self.front, 30, hub)
-        worker = self._spawn("pothead-worker", twistd + [
+        worker = self._spawn(f"{self.name}-worker", twistd + [
             "-n", "--pidfile=", "-l", "-", "pothead-worker",
             "--app", "app:app", "--app-dir", str(HERE),
             "--hub", f"tcp:{HOST}:{wport}", "--slots", str(self.slots),
-        ], cwd=REPO)
+        ], cwd=self.tree, env=self.env)
         deadline = time.monotonic() + 30
         while True:
             if not worker.alive():
@@ -474,6 +480,84 @@ class Pothead(System):
 
 SYSTEM_CLASSES = {"direct": Direct, "container": Container, "haproxy": HAProxy,
                   "roundrobin": RoundRobin, "pothead": Pothead}
+
+
+def base_name(name: str) -> str:
+    """The suite system a name runs: pothead for a baseline pothead@<sha>."""
+    return name.partition("@")[0]
+
+
+def system_order(name: str) -> tuple[int, str]:
+    """Sort key: the suite's order, a baseline right after pothead."""
+    return SYSTEMS.index(base_name(name)), name
+
+
+def resolve_rev(rev: str) -> tuple[str, str]:
+    """The full and short sha of a git revision of this repository."""
+    def git(*argv):
+        return subprocess.run(["git", "-C", str(REPO), *argv], capture_output=True, text=True,
+                              check=True, timeout=30).stdout.strip()
+    sha = git("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}")
+    return sha, git("rev-parse", "--short", sha)
+
+
+def baseline_env(tree: Path) -> dict[str, str]:
+    """
+    Our environment with `tree` first on PYTHONPATH and this working tree
+    off it, so that a baseline's twistd imports pothead and finds the
+    twistd plugins there: PYTHONPATH precedes site-packages, where the
+    editable install's link tree to this working tree sits.
+    """
+    keep = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+            if p and Path(p).resolve() != REPO]
+    return dict(os.environ, PYTHONPATH=os.pathsep.join([str(tree)] + keep))
+
+
+def check_imports_from(tree: Path, env: dict) -> str:
+    """
+    Where a child with `env` imports pothead and its twistd plugins from;
+    raises unless both are inside `tree`, as a comparison of the working
+    tree with itself would look like a valid A/B run.
+    """
+    p = subprocess.run(
+        [PY, "-c", "import pothead, twisted.plugins.pothead_plugins as p; "
+                   "print(pothead.__file__); print(p.__file__)"],
+        cwd=tree, env=env, capture_output=True, text=True, timeout=60)
+    files = p.stdout.split()
+    if p.returncode != 0 or len(files) != 2 or not all(
+            Path(f).resolve().is_relative_to(tree.resolve()) for f in files):
+        raise RuntimeError(f"baseline imports pothead from {files or p.stderr[-2000:]}, not {tree}")
+    return files[0]
+
+
+def baseline_system(sha: str, short: str, workroot: Path) -> type[Pothead]:
+    """
+    The Pothead system at commit `sha`: its tree extracted with git archive
+    (the repository's working tree and index stay untouched), the hub and
+    worker run from there, serving the same app from this benchmarks/.
+    """
+    tree = workroot / f"baseline-{short}"
+    tree.mkdir()
+    archive = subprocess.run(["git", "-C", str(REPO), "archive", sha], capture_output=True,
+                             check=True, timeout=120).stdout
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True, timeout=120)
+    env = baseline_env(tree)
+    print(f"# baseline pothead@{short}: {sha} in {tree}, pothead from {check_imports_from(tree, env)}",
+          flush=True)
+    return type("Baseline", (Pothead,), {"name": f"pothead@{short}", "tree": tree, "env": env})
+
+
+def repeat_order(names: list[str], baseline: str | None, rep: int) -> list[str]:
+    """
+    The systems in the order repeat `rep` runs them: a baseline right next
+    to pothead, first on even repeats and second on odd ones, so that drift
+    on a shared machine hits both alike; the others keep their place.
+    """
+    if baseline is None:
+        return names
+    pair = [baseline, "pothead"] if rep % 2 == 0 else ["pothead", baseline]
+    return [n for name in names if name != baseline
+            for n in (pair if name == "pothead" else [name])]
 
 # -- helpers -----------------------------------------------------------------
 
@@ -757,21 +841,27 @@ def run_suite(args) -> dict:
         available[name] = SYSTEM_CLASSES[name]
     workroot = Path(tempfile.mkdtemp(prefix="pothead-bench-"))
     print(f"# work dir (logs, configs): {workroot}", flush=True)
+    baseline = None
+    if args.baseline:
+        cls = baseline_system(*args.baseline_commit, workroot)
+        available[cls.name] = cls
+        baseline = cls.name
     runs = []  # one dict per repeat
     t_suite = time.monotonic()
     for rep in range(args.repeat):
         run = {}
         runs.append(run)
-        for name, cls in available.items():
+        for name in repeat_order(list(available), baseline, rep):
+            cls = available[name]
             run[name] = {}
             latency_ms = [m for m in ("scheduling", "overhead", "throughput", "short")
                           if m in measurements and not (m == "scheduling" and name in ("direct", "container"))]
             groups = []
             if latency_ms:
                 groups.append((latency_ms, cfg["slots"]))
-            if "bigbody" in measurements and name in cfg["big_systems"]:
+            if "bigbody" in measurements and base_name(name) in cfg["big_systems"]:
                 groups.append((["bigbody"], 1))
-            if "memory" in measurements and name in cfg["mem_systems"]:
+            if "memory" in measurements and base_name(name) in cfg["mem_systems"]:
                 groups.append((["memory"], 1))
             for group, slots in groups:
                 workdir = workroot / f"r{rep}-{name}-{group[0]}"
@@ -805,10 +895,10 @@ def run_suite(args) -> dict:
                         run[name].setdefault(m, {"error": f"start: {e}"})
                 finally:
                     system.stop()
-                    if name == "pothead":
+                    if base_name(name) == "pothead":
                         scan_pothead_logs(system, run[name])
     summary = summarise(runs, cfg)
-    return {
+    result = {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "mode": "quick" if args.quick else "full",
@@ -820,6 +910,15 @@ def run_suite(args) -> dict:
         "summary": summary,
         "runs": runs,
     }
+    if baseline:
+        result["baseline"] = {
+            "rev": args.baseline, "sha": args.baseline_commit[0], "name": baseline,
+            "tree": str(available[baseline].tree),
+            "first": [next(n for n in repeat_order(list(available), baseline, rep)
+                           if base_name(n) == "pothead") for rep in range(args.repeat)],
+            "ratios": ab_compare(runs, cfg, baseline),
+        }
+    return result
 
 
 def scan_pothead_logs(system: System, into: dict) -> None:
@@ -871,7 +970,7 @@ def _collect(runs, system, *path):
 
 def summarise(runs, cfg) -> dict:
     """Medians over the repeats, per system and measurement."""
-    systems = sorted({s for run in runs for s in run}, key=SYSTEMS.index)
+    systems = sorted({s for run in runs for s in run}, key=system_order)
     s = {}
     for name in systems:
         d = s[name] = {}
@@ -1016,7 +1115,8 @@ def f(x, spec=".2f", none="-"):
 def table(result: dict) -> str:
     s = result["summary"]
     cfg = result["config"]
-    names = [n for n in SYSTEMS if n in s]
+    names = sorted((n for n in s if not n.startswith("_")), key=system_order)
+    nw = max([11] + [len(n) for n in names])  # the name column, wider for a baseline
     lines = []
     w = lines.append
     mach = result["machine"]
@@ -1028,25 +1128,25 @@ def table(result: dict) -> str:
     if any("scheduling" in s[n] for n in names):
         w(f"1. Scheduling: open-loop Poisson, {cfg['slots']} slots, mean job {cfg['mean_ms']:g} ms, "
           f"{cfg['sched_requests']} requests/point; latency ms; eff = ideal p99 / p99")
-        w(f"   {'point':10s} {'system':11s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'ideal p99':>10s} {'eff':>6s} {'fail':>5s}")
+        w(f"   {'point':10s} {'system':{nw}s} {'p50':>8s} {'p90':>8s} {'p99':>8s} {'ideal p99':>10s} {'eff':>6s} {'fail':>5s}")
         for key in sched_keys:
             for n in names:
                 row = s[n].get("scheduling", {}).get(key)
                 if row:
-                    w(f"   {key:10s} {n:11s} {f(row['p50_ms'], '8.1f')} {f(row['p90_ms'], '8.1f')} "
+                    w(f"   {key:10s} {n:{nw}s} {f(row['p50_ms'], '8.1f')} {f(row['p90_ms'], '8.1f')} "
                       f"{f(row['p99_ms'], '8.1f')} {f(row['ideal_p99_ms'], '10.1f')} "
                       f"{f(row['efficiency'], '6.3f')} {f(row['failed'], '5.0f')}")
         w("")
     if any("overhead" in s[n] for n in names):
         w("2. Overhead: one client, sequential GET /tiny; ms; added = minus direct")
-        w(f"   {'system':11s} {'ka p50':>8s} {'ka p99':>8s} {'+p50':>7s} {'+p99':>7s} "
+        w(f"   {'system':{nw}s} {'ka p50':>8s} {'ka p99':>8s} {'+p50':>7s} {'+p99':>7s} "
           f"{'new p50':>8s} {'new p99':>8s} {'+p50':>7s} {'+p99':>7s}")
         for n in names:
             o = s[n].get("overhead")
             if not o:
                 continue
             ka, cl = o.get("keepalive", {}), o.get("close", {})
-            w(f"   {n:11s} {f(ka.get('p50_ms'), '8.3f')} {f(ka.get('p99_ms'), '8.3f')} "
+            w(f"   {n:{nw}s} {f(ka.get('p50_ms'), '8.3f')} {f(ka.get('p99_ms'), '8.3f')} "
               f"{f(ka.get('added_p50_ms'), '7.3f')} {f(ka.get('added_p99_ms'), '7.3f')} "
               f"{f(cl.get('p50_ms'), '8.3f')} {f(cl.get('p99_ms'), '8.3f')} "
               f"{f(cl.get('added_p50_ms'), '7.3f')} {f(cl.get('added_p99_ms'), '7.3f')}")
@@ -1059,7 +1159,7 @@ def table(result: dict) -> str:
             t = s[n].get("throughput")
             if t:
                 cpu = ", ".join(f"{k} {v:.0f}%" for k, v in t.get("cpu_pct", {}).items())
-                w(f"   {n:11s} {t['rps']:10.0f}   failed {f(t['failed'], '.0f')}   CPU of one core: {cpu}")
+                w(f"   {n:{nw}s} {t['rps']:10.0f}   failed {f(t['failed'], '.0f')}   CPU of one core: {cpu}")
         w("")
     if any("short" in s[n] for n in names):
         w(f"4. Short jobs: {cfg['short_ms']:g} ms sleep, {cfg['slots']} slots, {cfg['short_clients']} "
@@ -1067,7 +1167,7 @@ def table(result: dict) -> str:
         for n in names:
             t = s[n].get("short")
             if t:
-                w(f"   {n:11s} {t['rps']:8.0f} req/s  ratio {t['ratio']:.3f}  p99 {f(t['p99_ms'], '.1f')} ms  "
+                w(f"   {n:{nw}s} {t['rps']:8.0f} req/s  ratio {t['ratio']:.3f}  p99 {f(t['p99_ms'], '.1f')} ms  "
                   f"failed {f(t['failed'], '.0f')}")
         w("")
     if any("bigbody" in s[n] for n in names):
@@ -1075,7 +1175,7 @@ def table(result: dict) -> str:
         for n in names:
             for direction, row in s[n].get("bigbody", {}).items():
                 growth = ", ".join(f"{k} +{v:.1f} MB" for k, v in row["rss_growth_mb"].items())
-                w(f"   {n:11s} {'response' if direction == 'down' else 'upload':8s} "
+                w(f"   {n:{nw}s} {'response' if direction == 'down' else 'upload':8s} "
                   f"{row['mb_per_s']:7.0f} MB/s  {growth}{'' if row['ok'] else '  INCOMPLETE'}")
         w("")
     if any("memory" in s[n] for n in names):
@@ -1083,7 +1183,7 @@ def table(result: dict) -> str:
         for n in names:
             m = s[n].get("memory")
             if m:
-                w(f"   {n:11s} {m['per_job_kb']:6.2f} kB/job  (RSS {m['rss_mb']:.0f} MB with "
+                w(f"   {n:{nw}s} {m['per_job_kb']:6.2f} kB/job  (RSS {m['rss_mb']:.0f} MB with "
                   f"{m['jobs']:.0f} queued; all released {f(m['release_s'], '.2f')} s after they left)")
         w("")
     w("Ratios (pothead vs others):")
@@ -1110,6 +1210,9 @@ def table(result: dict) -> str:
         w("Problems seen:")
         for n in sorted(set(notes))[:40]:
             w("   " + n[:300])
+    if "baseline" in result:
+        w("")
+        lines.extend(ab_lines(result["baseline"], result["repeat"]))
     return "\n".join(lines)
 
 
@@ -1152,6 +1255,63 @@ def ratios(s, cfg) -> list[str]:
     return out
 
 
+#: How A/B figures print, by unit.
+AB_FORMAT = {"": ".3f", "ms": ".3f", "req/s": ".0f", "MB/s": ".0f", "kB/job": ".2f"}
+
+
+def ab_figures(cfg) -> list[tuple[str, str, tuple[str, ...]]]:
+    """(label, unit, path in a repeat's results) of every figure an A/B run compares."""
+    points = [f"{d}@{int(u * 100)}" for d in cfg["dists"] for u in cfg["utilisations"]]
+    out = [(f"scheduling {key} efficiency", "", ("scheduling", key, "efficiency")) for key in points]
+    out += [(f"overhead {ka} p50", "ms", ("overhead", ka, "p50_ms")) for ka in ("keepalive", "close")]
+    out += [("throughput", "req/s", ("throughput", "rps")), ("short jobs", "req/s", ("short", "rps"))]
+    out += [(f"bigbody {'response' if d == 'down' else 'upload'}", "MB/s", ("bigbody", d, "mb_per_s"))
+            for d in ("down", "up")]
+    out.append(("memory", "kB/job", ("memory", "per_job_kb")))
+    return out
+
+
+def _minus(xs, ys):
+    return [None if x is None or y is None else x - y for x, y in zip(xs, ys)]
+
+
+def ab_compare(runs, cfg, baseline: str) -> list[dict]:
+    """
+    pothead against its baseline, figure by figure: the medians over the
+    repeats, their ratio, and the per-repeat pairs, which show whether a
+    difference holds in every repeat or rests on one.  Overhead is the
+    latency added over direct in the same repeat when direct ran: the
+    client and the direct hop are common to both and would dilute the
+    ratio.
+    """
+    rows = []
+    for label, unit, path in ab_figures(cfg):
+        cur, base = _collect(runs, "pothead", *path), _collect(runs, baseline, *path)
+        direct = _collect(runs, "direct", *path)
+        if path[0] == "overhead" and any(v is not None for v in direct):
+            label = label.replace("p50", "added p50")
+            cur, base = _minus(cur, direct), _minus(base, direct)
+        mc, mb = med(cur), med(base)
+        if mc is not None and mb is not None:
+            rows.append({"figure": label, "unit": unit, "current": mc, "baseline": mb,
+                         "ratio": mc / mb if mb else None, "pairs": [list(p) for p in zip(cur, base)]})
+    return rows
+
+
+def ab_lines(ab: dict, repeat: int) -> list[str]:
+    """The A/B comparison as printed: a line per figure, the pairs on it."""
+    out = [f"A/B: pothead (this working tree) vs {ab['name']} ({ab['rev']}), median of {repeat}; "
+           "ratio = this tree / baseline (ms, kB: < 1 is better; req/s, MB/s, efficiency: > 1); "
+           "pairs = this tree/baseline per repeat"]
+    for row in ab["ratios"]:
+        spec = AB_FORMAT[row["unit"]]
+        unit = f" {row['unit']}" if row["unit"] else ""
+        pairs = "  ".join(f"{f(c, spec)}/{f(b, spec)}" for c, b in row["pairs"])
+        out.append(f"A/B {row['figure']}: {row['current']:{spec}}{unit} vs {row['baseline']:{spec}}{unit} "
+                   f"({ab['name']}) ratio {f(row['ratio'], '.3f')}  pairs: {pairs}")
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description="pothead benchmark suite")
     parser.add_argument("--quick", action="store_true", help="smoke pass: tiny counts, a few seconds")
@@ -1160,6 +1320,9 @@ def main() -> int:
                         help=f"restrict to systems {SYSTEMS} and/or measurements {MEASUREMENTS}; "
                              "repeatable or comma-separated")
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--baseline", metavar="REV",
+                        help="also run pothead at git revision REV, interleaved with this tree's, "
+                             "and print their ratios (see README: A/B runs)")
     parser.add_argument("--output", default=str(HERE / "results" / "latest.json"))
     args = parser.parse_args()
     args.only = [x for item in args.only for x in item.split(",") if x]
@@ -1168,6 +1331,14 @@ def main() -> int:
         parser.error(f"unknown --only names: {sorted(unknown)}")
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
+    if args.baseline:
+        named = set(args.only) & set(SYSTEMS)
+        if named and "pothead" not in named:
+            parser.error("--baseline compares with pothead: add --only pothead")
+        try:
+            args.baseline_commit = resolve_rev(args.baseline)
+        except (OSError, subprocess.SubprocessError):
+            parser.error(f"--baseline {args.baseline}: not a commit of {REPO}")
     # Run the pothead of this working tree, whatever an (editable) install
     # last linked: every child inherits this.
     os.environ["PYTHONPATH"] = os.pathsep.join(
