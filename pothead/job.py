@@ -118,7 +118,10 @@ class Job:
         Join the end of the pool's queue, or answer 503 if it is full.
         """
         if self.pool.queued >= self.limits.max_queue:
-            self.unavailable(f"queue full ({self.limits.max_queue} waiting)")
+            # A line per request would flood the log just when the hub
+            # is busiest; the access log has each of them.
+            self.pool.turned_away.count(f"{self.what} from {self.peer}")
+            self._answer_unavailable()
             return
         self._wait_in_line()
         self.pool.put(self)
@@ -194,6 +197,9 @@ class Job:
         _log.warn(
             "{request} from {peer}: 503, {why}", request=self.what, peer=self.peer, why=why,
         )
+        self._answer_unavailable()
+
+    def _answer_unavailable(self) -> None:
         self.answer(
             503,
             "No worker is available; try again later.",

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from pothead.tally import Tally
+
 if TYPE_CHECKING:
     from pothead.job import Job
     from pothead.slot import Slot
@@ -38,6 +40,10 @@ class Pool:
         self._queue: DeferredQueue[Job] = DeferredQueue()
         self._clock = clock
         self._expiry: IDelayedCall | None = None
+        #: Requests answered 503 because the queue was full.
+        self.turned_away = Tally(
+            clock, f"pool {name}: queue full, answered {{count}} requests 503 (last: {{detail}})"
+        )
 
     @property
     def queued(self) -> int:

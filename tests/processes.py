@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -28,12 +29,20 @@ class Twistd:
     One ``twistd -n`` process whose output is collected as it runs.
     """
 
-    def __init__(self, *argv: str, cwd: Path, env: dict | None = None) -> None:
+    def __init__(self, *argv: str, cwd: Path, env: dict | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
+        """
+        :param nofile: the soft and hard descriptor limits to start it
+            with, as a service manager would set them.
+        """
         self.argv = [TWISTD, "-n", "--pidfile=", "-l", "-", *argv]
         self.process = subprocess.Popen(
             self.argv,
             cwd=cwd,
             env={**os.environ, **(env or {})},
+            preexec_fn=None if nofile is None else (
+                lambda: resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
+            ),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -91,9 +100,11 @@ class Twistd:
         return self.process.returncode
 
 
-def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, int] | None = None):
+def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, int] | None = None,
+              nofile: tuple[int, int] | None = None):
     """
-    A hub on loopback (ephemeral ports unless C{ports} is given).
+    A hub on loopback (ephemeral ports unless C{ports} is given), with
+    the descriptor limits C{nofile} if given.
 
     :return: the process and its C{(consumer_port, worker_port)}.
     """
@@ -105,6 +116,7 @@ def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, 
         *argv,
         cwd=cwd,
         env=env,
+        nofile=nofile,
     )
     consumer_port = int(hub.wait_for(r"ConsumerFactory starting on (\d+)")[0].group(1))
     worker_port = int(hub.wait_for(r"WorkerPortFactory starting on (\d+)")[0].group(1))
