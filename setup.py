@@ -17,7 +17,12 @@ setup(
     install_requires=["twisted[tls]>=23.10", "treq", "zope.interface", "psutil", "httptools>=0.6"],
     extras_require={
         # hypothesis mutates requests for the parsing property tests; h11, a
-        # second strict HTTP/1.1 parser, reads what the hub sent a worker.
-        "test": ["pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff", "hypothesis", "h11"],
+        # second strict HTTP/1.1 parser, reads what the hub sent a worker;
+        # import-linter checks the house rule in setup.cfg (hub and worker
+        # never import each other, http neither, no circles).
+        "test": [
+            "pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff", "hypothesis", "h11",
+            "import-linter",
+        ],
     },
 )

@@ -18,8 +18,8 @@ import argparse
 from backend import load_app
 from twisted.internet import reactor
 
-from pothead.threads import AppThreads
-from pothead.worker import slot_server
+from pothead.worker.service import slot_server
+from pothead.worker.threads import AppThreads
 
 
 def main() -> None:

@@ -21,9 +21,9 @@ from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
-from pothead.http1 import BadMessage
-from pothead.llhttp import feed
-from pothead.sockets import tune_tcp
+from pothead.http.llhttp import feed
+from pothead.http.message import BadMessage
+from pothead.http.sockets import tune_tcp
 
 #: Where workers attach; the pool's name follows.
 ATTACH_PATH = b"/pothead/v1/attach/"
@@ -56,7 +56,7 @@ MAX_HEAD_BYTES = 32 * 1024
 
 class HeadReceiver(Protocol, TimeoutMixin):
     """
-    Read one HTTP message head with llhttp (L{pothead.llhttp}), then pass
+    Read one HTTP message head with llhttp (L{pothead.http.llhttp}), then pass
     the connection on.
 
     Subclasses name the parser (requests at the hub, responses at the

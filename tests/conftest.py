@@ -14,8 +14,8 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.task import deferLater
 from twisted.protocols.policies import WrappingFactory
 
-from pothead.hub import Hub
-from pothead.worker import worker_service
+from pothead.hub.service import Hub
+from pothead.worker.service import worker_service
 
 #: Upper bound for any wait on the network in a test, in seconds.
 WAIT = 10.0

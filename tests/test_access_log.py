@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from pothead.access_log import BUFFER_BYTES, FLUSH_DELAY, BufferedLogFile
+from pothead.hub.access_log import BUFFER_BYTES, FLUSH_DELAY, BufferedLogFile
 from tests.conftest import start_hub, wait_for
 from tests.http import fetch
 

@@ -15,15 +15,15 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
-from pothead import worker_tap
-from pothead.admission import (
+from pothead.worker import tap as worker_tap
+from pothead.worker.admission import (
     CpuAdmission,
     FixedAdmission,
     IAdmission,
     PollAdmission,
     parse_admission,
 )
-from pothead.cgroup import cpu_quota
+from pothead.worker.cgroup import cpu_quota
 from tests.conftest import wait_for
 from tests.http import Client
 

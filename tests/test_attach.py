@@ -12,13 +12,13 @@ from twisted.python.failure import Failure
 from twisted.web.wsgi import WSGIResource
 
 from pothead.attach import MAX_HEAD_BYTES, attach_request
-from pothead.connection_limit import ConnectionLimit
-from pothead.hub_attach import WorkerPortFactory
-from pothead.limits import Limits
-from pothead.pool import Pool
-from pothead.slot_server import SlotServer
+from pothead.hub.attach_server import WorkerPortFactory
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.limits import Limits
+from pothead.hub.pool import Pool
 from pothead.tokens import TokenCheck
-from pothead.worker_attach import AttachFactory
+from pothead.worker.attach_client import AttachFactory
+from pothead.worker.slot_server import SlotServer
 
 ATTACH_TIMEOUT = 5.0
 

@@ -12,7 +12,7 @@ import threading
 import pytest
 from twisted.internet.error import ConnectionLost
 
-from pothead.body_pipe import HIGH_WATER, LOW_WATER, BodyPipe
+from pothead.worker.body_pipe import HIGH_WATER, LOW_WATER, BodyPipe
 
 #: A bound on every wait for another thread in these tests.
 WAIT = 10.0

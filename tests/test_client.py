@@ -11,7 +11,7 @@ import random
 import pytest
 
 from pothead.attach import DETACH_NOTICE
-from pothead.client import (
+from pothead.http.client import (
     MAX_HEAD,
     BadResponse,
     ResponseReader,

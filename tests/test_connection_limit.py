@@ -18,7 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from pothead.attach import attach_request
-from pothead.connection_limit import SWEEP_INTERVAL, ConnectionLimit
+from pothead.hub.connection_limit import SWEEP_INTERVAL, ConnectionLimit
 from tests.test_limits import HubHarness, header, status
 
 

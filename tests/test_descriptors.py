@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from pothead.descriptors import ATTACH_MARGIN, FIXED, PER_CONSUMER, needed, plan
+from pothead.hub.descriptors import ATTACH_MARGIN, FIXED, PER_CONSUMER, needed, plan
 
 
 def test_need_counts_every_connection():
@@ -63,7 +63,7 @@ def run_budget(nofile: tuple[int, int]) -> str:
         "import resource, sys\n"
         "from twisted.logger import globalLogBeginner, textFileLogObserver\n"
         "globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])\n"
-        "from pothead.descriptors import take_budget\n"
+        "from pothead.hub.descriptors import take_budget\n"
         "budget = take_budget(2280, 1024, 2)\n"
         "print('limits', *resource.getrlimit(resource.RLIMIT_NOFILE),"
         " budget.max_connections, budget.max_slots)\n"

@@ -234,7 +234,7 @@ async def test_retries_zero_answers_502_for_get():
     """
     With --retries 0 even a GET whose worker vanished gets 502 at once.
     """
-    from pothead.limits import Limits
+    from pothead.hub.limits import Limits
     from tests.conftest import start_hub
 
     running = await start_hub(limits=Limits(retries=0))

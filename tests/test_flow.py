@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import capturedLogs
 
-from pothead.flow import GATE_KEY, BatchedCalls, FlowControlledWSGIResource, flow_controlled
+from pothead.worker.flow import GATE_KEY, BatchedCalls, FlowControlledWSGIResource, flow_controlled
 from tests.conftest import wait_for
 from tests.peers import MIB, held_back_then_drained, paused_consumer
 

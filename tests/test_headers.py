@@ -2,7 +2,7 @@
 Header rewriting between consumer and worker.
 """
 
-from pothead.headers import forwarded_headers
+from pothead.http.headers import forwarded_headers
 
 
 def consumer_headers(*pairs: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:

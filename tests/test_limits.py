@@ -11,8 +11,8 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from pothead.attach import attach_request
-from pothead.hub import Hub
-from pothead.limits import Limits
+from pothead.hub.limits import Limits
+from pothead.hub.service import Hub
 
 
 class HubHarness:

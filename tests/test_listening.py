@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from pothead.listening import overflow_response, with_backlog
+from pothead.hub.listening import overflow_response, with_backlog
 
 #: A listener whose process then takes every descriptor left.
 PROGRAM = textwrap.dedent("""
@@ -28,8 +28,8 @@ PROGRAM = textwrap.dedent("""
     from twisted.internet.endpoints import TCP4ServerEndpoint
     from twisted.internet.protocol import Factory, Protocol
     from twisted.logger import globalLogBeginner, textFileLogObserver
-    from pothead.connection_limit import ConnectionLimit
-    from pothead.listening import DescriptorReserve, Listener, overflow_response
+    from pothead.hub.connection_limit import ConnectionLimit
+    from pothead.hub.listening import DescriptorReserve, Listener, overflow_response
 
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)])
     listener = Listener(

@@ -17,8 +17,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from pothead.http_server import MAX_PIPELINED, ServerChannel, ServerRequest
-from pothead.limits import Limits
+from pothead.http.server import MAX_PIPELINED, ServerChannel, ServerRequest
+from pothead.hub.limits import Limits
 from tests.test_limits import GET, HubHarness, header, status
 
 

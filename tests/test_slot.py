@@ -13,7 +13,7 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from pothead.attach import DETACH_NOTICE
-from pothead.body import INLINE_BODY
+from pothead.hub.body import INLINE_BODY
 from tests.conftest import wait_for
 from tests.test_limits import GET, HubHarness, status
 

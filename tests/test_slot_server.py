@@ -22,9 +22,9 @@ from twisted.web.server import Site
 from twisted.web.wsgi import WSGIResource
 from zope.interface import implementer
 
-from pothead.body_pipe import HIGH_WATER
-from pothead.flow import FlowControlledWSGIResource, flow_controlled
-from pothead.slot_server import SlotServer, WSGIRequest
+from pothead.worker.body_pipe import HIGH_WATER
+from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
+from pothead.worker.slot_server import SlotServer, WSGIRequest
 from tests.conftest import wait_for
 from tests.test_attach import InThisThread
 from tests.test_sockets import Raw, received_without_reactor

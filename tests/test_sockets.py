@@ -13,7 +13,7 @@ from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from pothead.sockets import send_now
+from pothead.http.sockets import send_now
 from tests.conftest import wait_for
 
 MIB = 1024 * 1024

@@ -7,7 +7,7 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from pothead.tally import Tally
+from pothead.hub.tally import Tally
 
 
 def test_first_event_at_once_then_a_count_per_interval():

@@ -13,12 +13,13 @@ from twisted.plugin import IPlugin, getPlugins
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
-from pothead import hub_tap, worker_tap
 from pothead.demo import app as demo_app
-from pothead.descriptors import ATTACH_MARGIN
-from pothead.limits import Limits
-from pothead.listening import Listener
-from pothead.worker import AppThreadsService
+from pothead.hub import tap as hub_tap
+from pothead.hub.descriptors import ATTACH_MARGIN
+from pothead.hub.limits import Limits
+from pothead.hub.listening import Listener
+from pothead.worker import tap as worker_tap
+from pothead.worker.service import AppThreadsService
 
 ROOT = Path(__file__).parent.parent
 

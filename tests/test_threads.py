@@ -10,7 +10,7 @@ import threading
 
 from twisted.logger import globalLogPublisher
 
-from pothead.threads import AppThreads
+from pothead.worker.threads import AppThreads
 
 #: Seconds any wait in these tests may take before it counts as a hang.
 WAIT = 10.0

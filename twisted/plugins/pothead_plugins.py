@@ -9,14 +9,14 @@ from twisted.application.service import ServiceMaker
 
 pothead_hub = ServiceMaker(
     "pothead hub",
-    "pothead.hub_tap",
+    "pothead.hub.tap",
     "Queue consumer HTTP requests and hand each to the next idle worker slot.",
     "pothead-hub",
 )
 
 pothead_worker = ServiceMaker(
     "pothead worker",
-    "pothead.worker_tap",
+    "pothead.worker.tap",
     "Attach to a pothead hub and serve a WSGI application over those connections.",
     "pothead-worker",
 )

@@ -25,7 +25,7 @@ from httptools import (
     HttpResponseParser,
 )
 
-from pothead.http1 import BadMessage
+from pothead.http.message import BadMessage
 
 Parser = Union[HttpRequestParser, HttpResponseParser]
 

@@ -1,7 +1,7 @@
 """
 An HTTP/1.1 server of pothead's own, for both ends of the hub: the hub's
-consumer side (L{pothead.consumer}) and a worker's slots, which serve the
-requests the hub sends them (L{pothead.slot_server}).
+consumer side (L{pothead.hub.consumer}) and a worker's slots, which serve the
+requests the hub sends them (L{pothead.worker.slot_server}).
 
 twisted.web's channel and request objects cost about 4.5 kB per
 connection and, through their general-purpose machinery, about half of a
@@ -11,8 +11,8 @@ what both sides need: the request as sent, its body spooled, every limit
 with its status code, and the response written with the client's own
 framing.  What is done with a request is its factory's business.
 
-Every byte a client sends is parsed by llhttp (L{pothead.llhttp}); what
-is pothead's own is policy (L{pothead.request}, the limits, the timeouts,
+Every byte a client sends is parsed by llhttp (L{pothead.http.llhttp}); what
+is pothead's own is policy (L{pothead.http.request}, the limits, the timeouts,
 100-continue, pipelining one request at a time) and the bytes it writes.
 """
 
@@ -31,11 +31,11 @@ from twisted.python.failure import Failure
 from twisted.web.http import datetimeToString
 
 from pothead.address import host_port
-from pothead.http1 import NO_BODY_CODES
-from pothead.limits import Limits
-from pothead.llhttp import feed
-from pothead.request import BadRequest, RequestHead, request_head
-from pothead.sockets import send_now, tune_tcp
+from pothead.http.limits import MessageLimits
+from pothead.http.llhttp import feed
+from pothead.http.message import NO_BODY_CODES
+from pothead.http.request import BadRequest, RequestHead, request_head
+from pothead.http.sockets import send_now, tune_tcp
 
 _log = Logger()
 
@@ -240,7 +240,7 @@ class RequestHandler(TypingProtocol):
     What a L{ServerChannel}'s factory does with the requests it reads.
     """
 
-    limits: Limits
+    limits: MessageLimits
     clock: IReactorTime
     request_class: type[ServerRequest]
     #: Whether an HTTP/1.1 request without ``Host`` is refused.
@@ -287,7 +287,7 @@ class ServerChannel(Protocol):
 
     def __init__(self, factory: RequestHandler) -> None:
         self.factory = factory
-        self.limits: Limits = factory.limits
+        self.limits: MessageLimits = factory.limits
         self._parser: HttpRequestParser | None = None
         #: Whether bytes from the client are still read: not once it is
         #: refused or asked to close.

@@ -8,7 +8,7 @@ through untouched, in order, repeated headers included.
 
 from __future__ import annotations
 
-from pothead.http1 import field_tokens
+from pothead.http.message import field_tokens
 
 #: Headers that belong to one connection only (RFC 9110 section 7.6.1),
 #: plus the framing headers the hub recomputes for the other connection.

@@ -1,6 +1,6 @@
 """
 What both of the hub's sides know of HTTP/1.1 messages once llhttp has
-parsed them (L{pothead.llhttp}): the error a malformed one raises, and how
+parsed them (L{pothead.http.llhttp}): the error a malformed one raises, and how
 to read their header fields.
 """
 

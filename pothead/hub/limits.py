@@ -11,11 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-SECOND = 1.0
-MINUTE = 60 * SECOND
-KIB = 1024
-MIB = 1024 * KIB
-GIB = 1024 * MIB
+from pothead.http.limits import MINUTE, SECOND, MessageLimits
 
 #: Consumer connections the default connection limit allows beyond a full
 #: queue and a busy slot each: idle kept-alive ones, ones being refused.
@@ -23,8 +19,11 @@ IDLE_ROOM = 256
 
 
 @dataclass(frozen=True)
-class Limits:
+class Limits(MessageLimits):
     """
+    The hub's limits: those on consumer messages (L{MessageLimits}), and
+    these.
+
     :ivar max_queue: jobs a pool may hold waiting; more get 503.
     :ivar max_connections: consumer connections open at once; at the
         limit new ones wait in the listen backlog.  L{None}: enough for a
@@ -35,14 +34,6 @@ class Limits:
     :ivar queue_timeout: seconds a job may wait for a slot; then 503.
     :ivar request_timeout: seconds from arrival until the worker's response
         head; then 504.
-    :ivar max_body_bytes: largest request body; larger gets 413.
-    :ivar max_header_bytes: largest request line plus headers; 414/431.
-    :ivar header_timeout: seconds a consumer has to send a request head;
-        then 408.
-    :ivar idle_timeout: seconds a consumer connection may stay idle
-        between requests; then it is closed.
-    :ivar body_timeout: seconds a consumer has to send a request body,
-        from the end of its head; then 408.
     :ivar attach_timeout: seconds a worker's attach request has to arrive
         whole, from its first byte.
     :ivar quiet_timeout: seconds a worker-port connection may stay silent
@@ -57,9 +48,6 @@ class Limits:
         paused that long because its consumer stopped reading); then the
         consumer and the worker's slot are both cut off, so that neither
         holds the other for good.
-
-    A header, body or idle timeout of L{None} is no timeout at all (a
-    worker's slot has none).
     """
 
     max_queue: int = 1000
@@ -67,11 +55,6 @@ class Limits:
     max_slots: int = 1024
     queue_timeout: float = 1 * MINUTE
     request_timeout: float = 10 * MINUTE
-    max_body_bytes: int = 1 * GIB
-    max_header_bytes: int = 64 * KIB
-    header_timeout: float | None = 30 * SECOND
-    body_timeout: float | None = 5 * MINUTE
-    idle_timeout: float | None = 1 * MINUTE
     attach_timeout: float = 10 * SECOND
     quiet_timeout: float = 5 * MINUTE
     retry_after: int = 5

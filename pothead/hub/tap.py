@@ -11,11 +11,11 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.python import usage
 
-from pothead.connection_limit import ConnectionLimit
-from pothead.descriptors import take_budget
-from pothead.hub import Hub, HubService
-from pothead.limits import Limits
-from pothead.listening import DescriptorReserve, Listener, overflow_response, with_backlog
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.descriptors import take_budget
+from pothead.hub.limits import Limits
+from pothead.hub.listening import DescriptorReserve, Listener, overflow_response, with_backlog
+from pothead.hub.service import Hub, HubService
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 

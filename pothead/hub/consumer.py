@@ -1,5 +1,5 @@
 """
-The consumer side of the hub: its own HTTP/1.1 server (L{pothead.http_server})
+The consumer side of the hub: its own HTTP/1.1 server (L{pothead.http.server})
 turning every request into a job and queueing it.
 """
 
@@ -8,13 +8,13 @@ from __future__ import annotations
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
-from pothead.access_log import AccessLog
-from pothead.connection_limit import ConnectionLimit
-from pothead.http_server import ServerChannel, ServerRequest
-from pothead.job import Job
-from pothead.limits import Limits
-from pothead.pool import Pool
-from pothead.request import RequestHead
+from pothead.http.request import RequestHead
+from pothead.http.server import ServerChannel, ServerRequest
+from pothead.hub.access_log import AccessLog
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.job import Job
+from pothead.hub.limits import Limits
+from pothead.hub.pool import Pool
 
 
 class ConsumerRequest(ServerRequest):

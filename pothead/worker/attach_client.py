@@ -16,7 +16,6 @@ from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
 
 from pothead.address import host_port
-from pothead.admission import FixedAdmission, IAdmission
 from pothead.attach import (
     DETACH_NOTICE,
     UPGRADE_TOKENS,
@@ -24,8 +23,9 @@ from pothead.attach import (
     attach_request,
     header_tokens,
 )
-from pothead.slot_server import SlotChannel, SlotServer
-from pothead.sockets import tune_tcp
+from pothead.http.sockets import tune_tcp
+from pothead.worker.admission import FixedAdmission, IAdmission
+from pothead.worker.slot_server import SlotChannel, SlotServer
 
 _log = Logger()
 

@@ -11,13 +11,13 @@ from twisted.internet.task import deferLater
 from twisted.logger import Logger
 
 from pothead.attach import DEFAULT_POOL
-from pothead.connection_limit import ConnectionLimit
-from pothead.consumer import ConsumerFactory, consumer_factory
-from pothead.descriptors import ATTACH_MARGIN
 from pothead.exit import exit_cleanly
-from pothead.hub_attach import LegacyWorkerFactory, WorkerPortFactory
-from pothead.limits import Limits
-from pothead.pool import Pool
+from pothead.hub.attach_server import LegacyWorkerFactory, WorkerPortFactory
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.consumer import ConsumerFactory, consumer_factory
+from pothead.hub.descriptors import ATTACH_MARGIN
+from pothead.hub.limits import Limits
+from pothead.hub.pool import Pool
 from pothead.tokens import TokenCheck
 
 _log = Logger()
@@ -108,7 +108,7 @@ class Hub:
         """
         for pool in self.pools.values():
             for slot in list(pool.slots):
-                slot.transport.loseConnection()
+                slot.detach()
 
 
 class HubService(MultiService):

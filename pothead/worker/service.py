@@ -20,13 +20,13 @@ from twisted.internet.endpoints import clientFromString
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
-from pothead.admission import FixedAdmission, IAdmission
-from pothead.environ import WSGIApp, behind_hub
 from pothead.exit import exit_cleanly
-from pothead.flow import FlowControlledWSGIResource, flow_controlled
-from pothead.slot_server import SlotServer
-from pothead.threads import AppThreads
-from pothead.worker_attach import AttachFactory
+from pothead.worker.admission import FixedAdmission, IAdmission
+from pothead.worker.attach_client import AttachFactory
+from pothead.worker.environ import WSGIApp, behind_hub
+from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
+from pothead.worker.slot_server import SlotServer
+from pothead.worker.threads import AppThreads
 
 #: Seconds the hub has to answer an attach request.
 DEFAULT_ATTACH_TIMEOUT = 10.0
@@ -174,9 +174,3 @@ def worker_service(
         ).setServiceParent(service)
     return service
 
-
-if __name__ == "__main__":
-    # ``python3 -m pothead.worker``: POTHEAD 0.4.3's worker command line.
-    from pothead.compat import worker_main
-
-    worker_main()

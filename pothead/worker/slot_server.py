@@ -1,8 +1,8 @@
 """
 What a worker's slot serves once attached: the requests the hub sends
-down it, read by pothead's own HTTP/1.1 server (L{pothead.http_server})
+down it, read by pothead's own HTTP/1.1 server (L{pothead.http.server})
 and handed to twisted.web.wsgi as though twisted.web had read them, but
-at once: the app reads the body as it arrives (L{pothead.body_pipe}).
+at once: the app reads the body as it arrives (L{pothead.worker.body_pipe}).
 
 A slot's connection carries one request at a time from one peer, the hub,
 which has already checked every request against its own limits; what is
@@ -33,15 +33,15 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import IResource
 from twisted.web.server import version as SERVER
 
-from pothead.body_pipe import BodyPipe
-from pothead.http_server import ServerChannel, ServerRequest
-from pothead.limits import MIB, Limits
-from pothead.request import RequestHead
+from pothead.http.limits import MIB, MessageLimits
+from pothead.http.request import RequestHead
+from pothead.http.server import ServerChannel, ServerRequest
+from pothead.worker.body_pipe import BodyPipe
 
 #: What a slot accepts from its hub: any body (the hub enforced its own
 #: limit), heads up to 1 MiB (the hub's own limit plus the headers it
 #: adds), and no timeouts: an idle slot is a worker waiting for work.
-SLOT_LIMITS = Limits(
+SLOT_LIMITS = MessageLimits(
     max_header_bytes=1 * MIB,
     max_body_bytes=sys.maxsize,
     header_timeout=None,

@@ -18,7 +18,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.task import LoopingCall
 
-from pothead.tally import Tally
+from pothead.hub.tally import Tally
 
 #: How often, at the limit, the hub looks for connections waiting to be
 #: accepted, in seconds.

@@ -6,7 +6,7 @@ The hub is the HTTP client on every attached slot, over a connection it
 accepted, for one request at a time.  Twisted's client protocol does that
 too, but through a general-purpose state machine, Deferreds and producer
 proxies that cost the hub about a fifth of its time per request.  Here
-llhttp (L{pothead.llhttp}) reads the responses, strictly, and
+llhttp (L{pothead.http.llhttp}) reads the responses, strictly, and
 L{ResponseReader} hands the slot each part of one as it arrives.
 
 Framing follows RFC 9112 section 6, as llhttp reads it: no body for 1xx,
@@ -24,8 +24,8 @@ from typing import Protocol
 
 from httptools import HttpResponseParser
 
-from pothead.http1 import BadMessage, field_tokens, field_values
-from pothead.llhttp import feed
+from pothead.http.llhttp import feed
+from pothead.http.message import BadMessage, field_tokens, field_values
 
 #: The longest response head the hub reads (interim responses before it
 #: included).
@@ -54,7 +54,7 @@ def request_head(
     POST), then every header in order.
 
     The method and target are sent as the consumer's request had them:
-    L{pothead.request} accepted only a token and a target of visible ASCII.
+    L{pothead.http.request} accepted only a token and a target of visible ASCII.
     """
     lines = [method + b" " + target + b" HTTP/1.1\r\n"]
     if body_length is not None:

@@ -9,7 +9,7 @@ log a line for each: the client sees a reset, and the log a flood.  Here
 the reserve is used to answer each such connection with a fixed response
 (a ``503`` with ``Retry-After``) before closing it, and the event is
 logged as a count at most once a second.  The hub's descriptor budget
-(L{pothead.descriptors}) makes this the exception: it happens only when
+(L{pothead.hub.descriptors}) makes this the exception: it happens only when
 something outside the budget holds descriptors.
 """
 
@@ -25,8 +25,8 @@ from twisted.internet.interfaces import IListeningPort, IReactorTime, IStreamSer
 from twisted.internet.protocol import Factory
 from twisted.python.failure import Failure
 
-from pothead.connection_limit import ConnectionLimit
-from pothead.tally import Tally
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.tally import Tally
 
 #: The most waiting connections answered in one go from the reserve.
 _ANSWERS_AT_ONCE = 64

@@ -10,37 +10,56 @@ answer the consumer itself when no worker can.
 from __future__ import annotations
 
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.logger import Logger
 
 from pothead.address import host_port
-from pothead.body import BufferedBody, body_size
-from pothead.client import ResponseHead, request_head
-from pothead.headers import HOP_BY_HOP, forwarded_headers
-from pothead.limits import Limits
+from pothead.http.client import ResponseHead, request_head
+from pothead.http.headers import HOP_BY_HOP, forwarded_headers
+from pothead.hub.body import BufferedBody, body_size
+from pothead.hub.limits import Limits
 
 if TYPE_CHECKING:
-    from pothead.consumer import ConsumerRequest
-    from pothead.pool import Pool
-    from pothead.slot import Slot
+    from pothead.http.server import ServerRequest
+    from pothead.hub.pool import Pool
 
 #: Methods a worker may safely be sent twice (RFC 9110 section 9.2.2).
 IDEMPOTENT = frozenset(
     {b"GET", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"TRACE"}
 )
 
+#: How many requeue signals one job may collect before the hub answers 503
+#: itself: a bound against a pool in which every worker keeps refusing.
+MAX_REQUEUE_SIGNALS = 20
+
 _log = Logger()
+
+
+class Serving(Protocol):
+    """
+    What a job needs of the slot serving it.
+    """
+
+    #: What the worker called itself, for log lines.
+    worker: str
+
+    def abort(self) -> None:
+        """
+        Drop the worker's connection at once: nothing more of this job's
+        response may come from it.
+        """
 
 
 class Job:
     """
     One consumer request waiting for, or being served by, a worker slot.
 
-    :ivar lost_workers: how many workers vanished before answering it.
-    :ivar handed_back: how many times a worker answered it with the requeue
-        signal.
+    The job decides what becomes of itself: its slot tells it what
+    happened (L{worker_lost_before_answer}, L{handed_back}, L{broke_off}),
+    and the job requeues itself, answers, or cuts its consumer off.
+
     :ivar slot: the slot serving it now, or L{None} while queued.
     :ivar gone: whether the consumer disconnected before its answer was done.
     :ivar responding: whether a worker's response is being relayed.
@@ -53,12 +72,12 @@ class Job:
     # Thousands may wait in a queue at once: no instance dictionaries.
     __slots__ = (
         "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
-        "lost_workers", "handed_back", "slot", "gone", "responding", "body", "head",
+        "_lost_workers", "_hand_backs", "slot", "gone", "responding", "body", "head",
         "queued_until", "requeued", "_last_byte",
     )
 
     def __init__(
-        self, request: ConsumerRequest, pool: Pool, clock: IReactorTime, limits: Limits
+        self, request: ServerRequest, pool: Pool[Job], clock: IReactorTime, limits: Limits
     ) -> None:
         self.request = request
         self.pool = pool
@@ -70,9 +89,9 @@ class Job:
         self._timer: IDelayedCall | None = None
         self.queued_until = self._request_deadline
         self.requeued = False
-        self.lost_workers = 0
-        self.handed_back = 0
-        self.slot: Slot | None = None
+        self._lost_workers = 0
+        self._hand_backs = 0
+        self.slot: Serving | None = None
         self.gone = False
         self.responding = False
         self.body = None
@@ -101,8 +120,13 @@ class Job:
     def idempotent(self) -> bool:
         return self.request.head.method in IDEMPOTENT
 
+    @property
+    def over(self) -> bool:
+        """Whether the consumer has had its answer, or has gone."""
+        return self.gone or self.request.finished
+
     @staticmethod
-    def _forwarded_headers(request: ConsumerRequest) -> dict[bytes, list[bytes]]:
+    def _forwarded_headers(request: ServerRequest) -> dict[bytes, list[bytes]]:
         host = request.head.host
         peer = request.client_address()
         return forwarded_headers(
@@ -126,7 +150,7 @@ class Job:
         self._wait_in_line()
         self.pool.put(self)
 
-    def requeue(self) -> None:
+    def _requeue(self) -> None:
         """
         Go back to the head of the pool's queue, unprocessed.
         """
@@ -136,13 +160,70 @@ class Job:
         self._wait_in_line()
         self.pool.put_first(self)
 
-    def taken(self, slot: Slot) -> None:
+    def taken(self, slot: Serving) -> None:
         """
         A slot has taken this job out of the queue to serve it.
         """
         self.slot = slot
         delay = max(0.0, self._request_deadline - self._clock.seconds())
         self._timer = self._clock.callLater(delay, self._time_up)
+
+    def worker_lost_before_answer(self, why: str) -> None:
+        """
+        The slot's connection ended before any byte of a response: the job
+        goes back to the head of the queue if the worker may safely be sent
+        it again (an idempotent method, within ``--retries``), else 502.
+        """
+        slot, self.slot = self.slot, None
+        if self.over:
+            return
+        if self.idempotent and self._lost_workers < self.limits.retries:
+            self._lost_workers += 1
+            _log.info(
+                "worker {worker} lost before answering {request} from {peer}; requeued",
+                worker=slot.worker, request=self.what, peer=self.peer,
+            )
+            self._requeue()
+        else:
+            self._worker_failed(slot.worker, why)
+
+    def handed_back(self) -> None:
+        """
+        The worker answered with the requeue signal, unprocessed: back to
+        the head of the queue, up to L{MAX_REQUEUE_SIGNALS} times, then 503.
+        """
+        slot, self.slot = self.slot, None
+        self._hand_backs += 1
+        if self.over:
+            return
+        if self._hand_backs > MAX_REQUEUE_SIGNALS:
+            self.unavailable(f"handed back by workers {self._hand_backs} times")
+        else:
+            _log.info("worker {worker} handed back {request}", worker=slot.worker,
+                      request=self.what)
+            self._requeue()
+
+    def broke_off(self, why: str) -> None:
+        """
+        The worker's response failed after it began (malformed, or its
+        connection ended): a consumer who has part of it is cut off, one
+        who has none is answered 502.  Never retried: the worker may have
+        done the work.
+        """
+        slot = self.slot
+        if self.over:
+            return
+        if self.responding:
+            self.response_broke(f"worker {slot.worker}: {why}")
+        else:
+            self._worker_failed(slot.worker, why)
+
+    def _worker_failed(self, worker: str, why: str) -> None:
+        _log.warn(
+            "worker {worker} failed {request} from {peer}: {why}; answering 502",
+            worker=worker, request=self.what, peer=self.peer, why=why,
+        )
+        self.answer(502, "The worker failed to answer this request.")
 
     def _wait_in_line(self) -> None:
         waited_enough = self._clock.seconds() + self.limits.queue_timeout

@@ -1,7 +1,7 @@
 """
 The hub's policy on a request head that llhttp has parsed.
 
-Every byte of a request's syntax is checked by llhttp (L{pothead.llhttp}):
+Every byte of a request's syntax is checked by llhttp (L{pothead.http.llhttp}):
 a request line, header line or body that is not strict HTTP/1.1 never gets
 this far.  What llhttp accepts and a front door must still refuse is
 decided here, each with the status code it deserves: several ``Host``
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from httptools import HttpParserInvalidURLError, parse_url
 
-from pothead.http1 import BadMessage, field_values
+from pothead.http.message import BadMessage, field_values
 
 
 class BadRequest(BadMessage):

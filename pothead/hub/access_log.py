@@ -18,7 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 if TYPE_CHECKING:
-    from pothead.consumer import ConsumerRequest
+    from pothead.http.server import ServerRequest
 
 #: Bytes of log lines held in memory at most before they are written.
 BUFFER_BYTES = 64 * 1024
@@ -98,7 +98,7 @@ class AccessLog:
         file = BufferedLogFile(where, clock)
         return cls(file.write, file.close)
 
-    def record(self, request: ConsumerRequest) -> None:
+    def record(self, request: ServerRequest) -> None:
         """
         Log C{request}, whose response is complete.
         """

@@ -11,11 +11,11 @@ import sys
 from twisted.application.service import MultiService
 from twisted.python import usage
 
-from pothead.admission import CpuAdmission, PollAdmission, parse_admission
 from pothead.attach import DEFAULT_POOL
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
-from pothead.worker import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
+from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
+from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
 
 
 def load_app(spec: str, app_dir: str):

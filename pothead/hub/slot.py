@@ -4,8 +4,9 @@ is the HTTP/1.1 client.
 
 Each slot runs one loop: take the next job from its pool, send it, relay
 the response, and take the next job as soon as the connection is free
-again.  A job the worker never started is handed back to the head of the
-queue; a job that failed half-way is answered or cut off, never retried.
+again.  What becomes of a job whose worker failed it is the job's to
+decide (L{Job.worker_lost_before_answer}, L{Job.handed_back},
+L{Job.broke_off}); the slot tells it what happened.
 """
 
 from __future__ import annotations
@@ -16,15 +17,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pothead.attach import REQUEUE_HEADER
-from pothead.body import BufferedBody
-from pothead.client import BadResponse, ResponseHead, ResponseReader
-from pothead.job import Job
-from pothead.pool import Pool
-from pothead.sockets import send_now, tune_tcp
-
-#: How many requeue signals one job may collect before the hub answers 503
-#: itself: a bound against a pool in which every worker keeps refusing.
-MAX_REQUEUE_SIGNALS = 20
+from pothead.http.client import BadResponse, ResponseHead, ResponseReader
+from pothead.http.sockets import send_now, tune_tcp
+from pothead.hub.body import BufferedBody
+from pothead.hub.job import Job
+from pothead.hub.pool import Pool
 
 _log = Logger()
 
@@ -50,7 +47,7 @@ class Slot(Protocol):
     #: (POTHEAD 0.4.3) does, whatever its response says.
     single_use = False
 
-    def __init__(self, pool: Pool, worker: str) -> None:
+    def __init__(self, pool: Pool[Job], worker: str) -> None:
         self.pool = pool
         self.worker = worker
         self.job: Job | None = None
@@ -110,9 +107,17 @@ class Slot(Protocol):
             return
         self.job = None
         if self._handing_back:
-            self._hand_back(job)
+            job.handed_back()
+        elif self._responses.started:
+            job.broke_off(reason.getErrorMessage())
         else:
-            self._failed(job, reason.getErrorMessage(), never_started=not self._responses.started)
+            job.worker_lost_before_answer(reason.getErrorMessage())
+
+    def detach(self) -> None:
+        """
+        Close this worker connection gently: the hub is stopping.
+        """
+        self._close()
 
     def abort(self) -> None:
         """
@@ -147,7 +152,7 @@ class Slot(Protocol):
 
     def _serve(self, job: Job) -> None:
         self._waiting = None
-        if job.gone or job.request.finished:
+        if job.over:
             self._take_next()
             return
         self.job = job
@@ -234,7 +239,11 @@ class Slot(Protocol):
         if next_first:
             self._take_next()
         if self._handing_back:
-            self._hand_back(job)
+            # A worker that hands a job back is not ready for another:
+            # this slot closes, and the worker reattaches when it is.
+            if not self._closing and self.connected:
+                self._close()
+            job.handed_back()
         else:
             job.response_done()
         if next_first or self._closing or not self.connected:
@@ -251,20 +260,6 @@ class Slot(Protocol):
         self._waiting = self.pool.get()
         self._waiting.addCallbacks(self._serve, _ignore_cancel)
 
-    def _hand_back(self, job: Job) -> None:
-        # A worker that hands a job back is not ready for another: close
-        # this slot, and let the worker reattach when it is.
-        if not self._closing and self.connected:
-            self._close()
-        job.handed_back += 1
-        if job.gone or job.request.finished:
-            return
-        if job.handed_back > MAX_REQUEUE_SIGNALS:
-            job.unavailable(f"handed back by workers {job.handed_back} times")
-        else:
-            _log.info("worker {worker} handed back {request}", worker=self.worker, request=job.what)
-            job.requeue()
-
     def _bad_response(self, why: str) -> None:
         job = self.job
         self.job = None
@@ -276,31 +271,7 @@ class Slot(Protocol):
                 " dropping it", worker=self.worker, why=why,
             )
             return
-        self._failed(job, f"malformed response: {why}", never_started=False)
-
-    def _failed(self, job: Job, why: str, never_started: bool) -> None:
-        if job.gone or job.request.finished:
-            return
-        if never_started and job.idempotent and job.lost_workers < job.limits.retries:
-            job.lost_workers += 1
-            _log.info(
-                "worker {worker} lost before answering {request} from {peer}; requeued",
-                worker=self.worker,
-                request=job.what,
-                peer=job.peer,
-            )
-            job.requeue()
-        elif job.responding:
-            job.response_broke(f"worker {self.worker}: {why}")
-        else:
-            _log.warn(
-                "worker {worker} failed {request} from {peer}: {why}; answering 502",
-                worker=self.worker,
-                request=job.what,
-                peer=job.peer,
-                why=why,
-            )
-            job.answer(502, "The worker failed to answer this request.")
+        job.broke_off(f"malformed response: {why}")
 
 
 def _ignore_cancel(reason: Failure) -> None:

@@ -31,7 +31,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from zope.interface import Attribute, Interface, implementer
 
-from pothead.cgroup import cpu_quota
+from pothead.worker.cgroup import cpu_quota
 
 _log = Logger()
 

@@ -24,10 +24,10 @@ from pothead.attach import (
     HeadReceiver,
     header_tokens,
 )
-from pothead.connection_limit import ConnectionLimit
-from pothead.limits import Limits
-from pothead.pool import Pool
-from pothead.slot import LegacySlot, Slot
+from pothead.hub.connection_limit import ConnectionLimit
+from pothead.hub.limits import Limits
+from pothead.hub.pool import Pool
+from pothead.hub.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
 
 _log = Logger()
