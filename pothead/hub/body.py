@@ -1,9 +1,9 @@
 """
 The consumer's buffered request body, sent to a worker as often as needed.
 
-twisted.web has already read the whole body (into memory, or a temporary
-file past 100 kB) before the hub queues the job, so a slow upload never
-holds a worker.  A job may be sent more than once (requeue), so the body
+The consumer's channel (L{pothead.http.server.ServerChannel}) has already
+read the whole body (into memory, or a temporary file past 1 MiB) before
+the hub queues the job, so a slow upload never holds a worker.  A job may be sent more than once (requeue), so the body
 must survive a failed send: Twisted's ``FileBodyProducer`` closes its file
 when stopped, which would lose the body for the retry.
 """
