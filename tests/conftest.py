@@ -1,105 +1,46 @@
 """
 Shared fixtures: a hub and a worker running in the test's reactor on
-127.0.0.1, and a check that no test leaves timers behind.
+127.0.0.1, and a check that no test leaves timers behind; and the rule
+that every test belongs to exactly one tier (see tests/README.md).
+
+The helpers live in tests/harness.py and tests/loopback.py; WAIT,
+wait_for, RunningHub and start_hub are imported here too for modules that
+still import them from this one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.task import deferLater
-from twisted.protocols.policies import WrappingFactory
 
-from pothead.hub.service import Hub
-from pothead.worker.service import worker_service
+from tests.harness import WAIT, wait_for
+from tests.loopback import RunningHub, start_hub
 
-#: Upper bound for any wait on the network in a test, in seconds.
-WAIT = 10.0
+__all__ = ["WAIT", "RunningHub", "start_hub", "wait_for"]
+
+#: The tiers, as registered in pytest.ini: every test carries exactly one.
+TIERS = ("unit", "net", "process")
 
 
-async def wait_for(condition, timeout: float = WAIT, what: str = "condition") -> None:
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items) -> None:
     """
-    Poll C{condition} every 10 ms until it is true; fail after C{timeout}.
+    Refuse to run when a collected test has no tier marker, or more than
+    one, so that no test escapes C{-m unit}, C{-m net} and C{-m process}.
+
+    (First, so that a C{-m} selection cannot deselect the culprits unseen.)
     """
-    deadline = reactor.seconds() + timeout
-    while not condition():
-        if reactor.seconds() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await deferLater(reactor, 0.01, lambda: None)
-
-
-@dataclass
-class RunningHub:
-    """
-    A hub listening on two ephemeral loopback ports, plus its workers.
-    """
-
-    hub: Hub
-    consumer_port: int
-    worker_port: int
-    _ports: list = field(default_factory=list)
-    _factories: list = field(default_factory=list)
-    _workers: list = field(default_factory=list)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.consumer_port}"
-
-    @property
-    def worker_endpoint(self) -> str:
-        return f"tcp:127.0.0.1:{self.worker_port}"
-
-    @property
-    def pool(self):
-        return self.hub.pools["default"]
-
-    def consumer_transports(self) -> list:
-        """The transports of the consumer connections open now."""
-        return [wrapper.transport for wrapper in self._factories[0].protocols]
-
-    async def add_worker(self, app, slots: int = 1, **kwargs):
-        """
-        Start a worker in this reactor and wait until all its slots are
-        idle on the hub.
-        """
-        service = worker_service(reactor, app, self.worker_endpoint, slots, **kwargs)
-        expected = self.pool.idle + slots
-        service.startService()
-        self._workers.append(service)
-        await wait_for(lambda: self.pool.idle >= expected, what=f"{slots} slots to attach")
-        return service
-
-    async def stop(self) -> None:
-        for service in self._workers:
-            await service.stopService()
-        for port in self._ports:
-            await port.stopListening()
-        await wait_for(
-            lambda: all(not f.protocols for f in self._factories),
-            what="hub connections to close",
+    wrong = []
+    for item in items:
+        tiers = sorted({mark.name for mark in item.iter_markers() if mark.name in TIERS})
+        if len(tiers) != 1:
+            wrong.append(f"  {item.nodeid}: {', '.join(tiers) or 'no tier'}")
+    if wrong:
+        raise pytest.UsageError(
+            f"{len(wrong)} tests need exactly one tier marker ({', '.join(TIERS)}; "
+            "see tests/README.md):\n" + "\n".join(wrong)
         )
-
-
-async def start_hub(**kwargs) -> RunningHub:
-    """
-    A hub on 127.0.0.1 with ephemeral ports; C{kwargs} go to L{Hub}.
-    """
-    hub = Hub(reactor, **kwargs)
-    consumer = WrappingFactory(hub.consumer_factory())
-    workers = WrappingFactory(hub.worker_factory())
-    consumer_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(consumer)
-    worker_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(workers)
-    return RunningHub(
-        hub,
-        consumer_port.getHost().port,
-        worker_port.getHost().port,
-        [consumer_port, worker_port],
-        [consumer, workers],
-    )
 
 
 @pytest_twisted.async_yield_fixture

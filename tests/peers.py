@@ -11,7 +11,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 
 from pothead.attach import attach_request
-from tests.conftest import wait_for
+from tests.harness import wait_for
 
 MIB = 1024 * 1024
 
@@ -69,14 +69,19 @@ class SlowReader(Protocol):
         self.done = True
 
 
-async def settle(read) -> int:
+async def settle(read, quiet: float = 0.3, timeout: float = 60.0) -> int:
     """
-    Wait until C{read()} stops growing for 300 ms, and return it.
+    Wait until C{read()} stops growing for C{quiet} seconds (failing if it
+    still grows after C{timeout}), and return it.
     """
+    # No event marks a producer held back by backpressure: only a quiet
+    # spell shows it, so the spell is bounded, and so is the wait for one.
+    deadline = reactor.seconds() + timeout
     last = -1
     while read() != last:
+        assert reactor.seconds() < deadline, f"still growing after {timeout}s: {read()}"
         last = read()
-        await deferLater(reactor, 0.3, lambda: None)
+        await deferLater(reactor, quiet, lambda: None)
     return last
 
 

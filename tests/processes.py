@@ -1,6 +1,9 @@
 """
-Real ``twistd`` processes for end-to-end tests: started from the installed
-console script, as a user would, and read line by line for readiness.
+Subprocesses for end-to-end tests: real ``twistd`` processes started from
+the installed console script, as a user would, or any other command; their
+output read line by line for readiness, and bounded waits on what they do.
+
+Tests that start any of these are C{process} tests.
 """
 
 from __future__ import annotations
@@ -24,18 +27,19 @@ TWISTD = str(Path(sys.executable).parent / "twistd")
 PROCESS_WAIT = 20.0
 
 
-class Twistd:
+class Process:
     """
-    One ``twistd -n`` process whose output is collected as it runs.
+    A subprocess whose output (stdout and stderr together) is collected
+    line by line, as it runs, by a thread of its own.
     """
 
-    def __init__(self, *argv: str, cwd: Path, env: dict | None = None,
+    def __init__(self, argv, cwd: Path | None = None, env: dict | None = None,
                  nofile: tuple[int, int] | None = None) -> None:
         """
         :param nofile: the soft and hard descriptor limits to start it
             with, as a service manager would set them.
         """
-        self.argv = [TWISTD, "-n", "--pidfile=", "-l", "-", *argv]
+        self.argv = list(argv)
         self.process = subprocess.Popen(
             self.argv,
             cwd=cwd,
@@ -64,6 +68,23 @@ class Twistd:
     def output(self) -> str:
         return "\n".join(self.lines)
 
+    def wait_for_lines(self, condition, what: str, timeout: float = PROCESS_WAIT):
+        """
+        Wait until C{condition(lines)} returns something true, and return
+        it; fail after C{timeout}, or at once if the process has ended
+        without it.
+        """
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while True:
+                result = condition(self.lines)
+                if result:
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
+                    raise AssertionError(f"{what} not seen in output of {self.argv}:\n{self.output}")
+                self._changed.wait(min(left, 0.1))
+
     def wait_for(self, pattern: str, count: int = 1, timeout: float = PROCESS_WAIT) -> list[re.Match]:
         """
         Wait until C{count} output lines match C{pattern}.
@@ -71,18 +92,12 @@ class Twistd:
         :return: the matches.
         """
         regex = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                matches = [m for m in map(regex.search, self.lines) if m]
-                if len(matches) >= count:
-                    return matches
-                left = deadline - time.monotonic()
-                if left <= 0 or (self.process.poll() is not None and not self._reader.is_alive()):
-                    raise AssertionError(
-                        f"{pattern!r} x{count} not seen in output of {self.argv}:\n{self.output}"
-                    )
-                self._changed.wait(min(left, 0.1))
+
+        def matched(lines: list[str]) -> list[re.Match] | None:
+            matches = [m for m in map(regex.search, lines) if m]
+            return matches if len(matches) >= count else None
+
+        return self.wait_for_lines(matched, f"{pattern!r} x{count}", timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         """
@@ -98,6 +113,17 @@ class Twistd:
                 self.process.wait(PROCESS_WAIT)
         self._reader.join(PROCESS_WAIT)
         return self.process.returncode
+
+
+class Twistd(Process):
+    """
+    One ``twistd -n`` process whose output is collected as it runs.
+    """
+
+    def __init__(self, *argv: str, cwd: Path, env: dict | None = None,
+                 nofile: tuple[int, int] | None = None) -> None:
+        super().__init__([TWISTD, "-n", "--pidfile=", "-l", "-", *argv], cwd=cwd, env=env,
+                         nofile=nofile)
 
 
 def start_hub(cwd: Path, *argv: str, env: dict | None = None, ports: tuple[int, int] | None = None,
@@ -151,3 +177,33 @@ def get_eventually(url: str, timeout: float = PROCESS_WAIT) -> tuple[int, bytes]
             last = e
         time.sleep(0.1)
     raise AssertionError(f"{url} did not answer 200 within {timeout}s; last: {last!r}")
+
+
+def wait_until(condition, timeout: float = PROCESS_WAIT, what: str = "condition") -> None:
+    """
+    Poll C{condition} every 20 ms until it is true; fail after C{timeout}.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def read_by_server(port: int) -> int:
+    """
+    How many connections to local TCP port C{port} the server has accepted
+    and read everything from, by Linux's /proc/net/tcp: an established
+    socket has an inode once accepted, and its receive queue holds what
+    the server has yet to read.
+    """
+    count = 0
+    with open("/proc/net/tcp") as table:
+        next(table)
+        for line in table:
+            fields = line.split()
+            local, state, queues, inode = fields[1], fields[3], fields[4], fields[9]
+            if (int(local.rsplit(":", 1)[1], 16) == port and state == "01" and inode != "0"
+                    and int(queues.split(":")[1], 16) == 0):
+                count += 1
+    return count

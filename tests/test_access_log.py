@@ -5,14 +5,17 @@ in blocks, never more than a second late, and complete when the hub stops.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
 from pothead.hub.access_log import BUFFER_BYTES, FLUSH_DELAY, BufferedLogFile
-from tests.conftest import start_hub, wait_for
+from tests.harness import wait_for
 from tests.http import fetch
+from tests.loopback import start_hub
 
 
+@pytest.mark.unit
 def test_lines_reach_the_file_within_the_flush_delay(tmp_path):
     path = tmp_path / "access.log"
     clock = Clock()
@@ -30,6 +33,7 @@ def test_lines_reach_the_file_within_the_flush_delay(tmp_path):
     log.close()
 
 
+@pytest.mark.unit
 def test_a_full_buffer_is_written_at_once(tmp_path):
     path = tmp_path / "access.log"
     log = BufferedLogFile(str(path), Clock())
@@ -40,6 +44,7 @@ def test_a_full_buffer_is_written_at_once(tmp_path):
     log.close()
 
 
+@pytest.mark.unit
 def test_close_writes_what_is_left_and_cancels_the_timer(tmp_path):
     path = tmp_path / "access.log"
     path.write_text("earlier\n")
@@ -51,6 +56,7 @@ def test_close_writes_what_is_left_and_cancels_the_timer(tmp_path):
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_hub_logs_each_request_to_its_access_log_file(tmp_path):
     """

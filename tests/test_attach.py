@@ -19,6 +19,9 @@ from pothead.hub.pool import Pool
 from pothead.tokens import TokenCheck
 from pothead.worker.attach_client import AttachFactory
 from pothead.worker.slot_server import SlotServer
+from tests.harness import InThisThread
+
+pytestmark = pytest.mark.unit
 
 ATTACH_TIMEOUT = 5.0
 
@@ -240,18 +243,6 @@ def test_unsolicited_bytes_from_idle_slot_drop_it():
     assert transport.disconnecting
     protocol.connectionLost(Failure(ConnectionError()))
     assert pool.idle == 0
-
-
-class InThisThread:
-    """
-    A thread pool and a reactor's C{callFromThread} that both run what
-    they are given at once, so that a WSGI app answers synchronously.
-    """
-
-    def callInThread(self, f, *args, **kwargs):
-        f(*args, **kwargs)
-
-    callFromThread = callInThread
 
 
 def hello(environ, start_response):

@@ -5,12 +5,15 @@ response in its own memory.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet.interfaces import IPullProducer
 from zope.interface import implementer
 
-from tests.conftest import wait_for
+from tests.harness import wait_for
 from tests.peers import MIB, held_back_then_drained, paused_consumer, scripted_worker
+
+pytestmark = pytest.mark.net
 
 #: Far larger than every socket buffer between worker and consumer.
 RESPONSE_BYTES = 256 * MIB

@@ -17,6 +17,8 @@ import pytest
 
 from tests.raw_peers import OK_RESPONSE, WAIT, ScriptedWorker, exchange, run_hub
 
+pytestmark = pytest.mark.process
+
 #: The request each case's consumer sends.
 GET = b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"
 
@@ -41,20 +43,24 @@ def clean_log(hub):
     assert "Traceback" not in hub.log_since(mark), hub.log_since(mark)
 
 
-def assert_follow_is_served(hub, worker: ScriptedWorker | None = None) -> None:
+def assert_follow_is_served(hub, worker: ScriptedWorker) -> None:
     """
-    A new consumer request is answered 200 by C{worker}'s slot, or, without
-    one, by a fresh slot that attaches now.
+    A new consumer request is answered 200 by C{worker}'s slot.
     """
-    if worker is None:
-        with ScriptedWorker(hub.worker_port, OK_RESPONSE) as fresh:
-            assert_follow_is_served(hub, fresh)
-        return
     served = len(worker.heads)
     answer = exchange(hub.consumer_port, FOLLOW, count=1)
     assert answer.statuses == [200], answer
     assert answer.responses[0].body == b"ok"
     assert len(worker.heads) == served + 1, "another slot answered"
+
+
+def assert_fresh_slot_serves(hub) -> None:
+    """
+    A new consumer request is answered 200 by a fresh slot that attaches
+    now: the hub goes on serving.
+    """
+    with ScriptedWorker(hub.worker_port, OK_RESPONSE) as fresh:
+        assert_follow_is_served(hub, fresh)
 
 
 def case(answer: bytes, id: str):
@@ -97,7 +103,7 @@ def test_malformed_response_is_answered_502(hub, answer):
     assert result.statuses == [502], result
     assert result.responses[0].body == b"The worker failed to answer this request.\n"
     assert dropped, "the hub kept the slot of a malformed response"
-    assert_follow_is_served(hub)
+    assert_fresh_slot_serves(hub)
 
 
 @dataclass(frozen=True)
@@ -112,35 +118,44 @@ class Relayed:
     headers: tuple[tuple[bytes, bytes], ...] = ()
 
 
+def assert_relayed(hub, worker: ScriptedWorker, method: bytes, relayed: Relayed) -> None:
+    """A C{method} request is answered with C{relayed}, through C{worker}'s slot."""
+    result = exchange(hub.consumer_port, method + b" /x HTTP/1.1\r\nHost: h\r\n\r\n",
+                      count=1, methods=[method.decode()])
+    assert result.statuses == [relayed.status], result
+    response = result.responses[0]
+    assert response.body == relayed.body
+    assert [(name, response.values(name)) for name, _ in relayed.headers] == [
+        (name, [value]) for name, value in relayed.headers
+    ], response
+    assert worker.heads[0].startswith(method + b" /x HTTP/1.1\r\n")
+
+
 @pytest.mark.usefixtures("clean_log")
-@pytest.mark.parametrize("method, answer, close, relayed", [
-    pytest.param(b"GET", b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n", False,
+@pytest.mark.parametrize("method, answer, relayed", [
+    pytest.param(b"GET", b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n",
                  Relayed(204, headers=((b"X-A", b"1"),)), id="204"),
-    pytest.param(b"GET", b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n', False,
+    pytest.param(b"GET", b'HTTP/1.1 304 Not Modified\r\nETag: "e"\r\n\r\n',
                  Relayed(304, headers=((b"ETag", b'"e"'),)), id="304"),
     pytest.param(b"GET", b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
-                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False,
+                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
                  Relayed(200, b"hello"), id="103-then-200"),
     pytest.param(b"GET", b"HTTP/1.1 100 Continue\r\n\r\n" * 2000
-                 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", False,
+                 + b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
                  Relayed(200, b"hello"), id="2000-100-continue-then-200"),
-    pytest.param(b"GET", b"HTTP/1.1 200 OK\r\n\r\nabc", True, Relayed(200, b"abc"),
-                 id="body-until-close"),
-    pytest.param(b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", False,
+    pytest.param(b"HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n",
                  Relayed(200, headers=((b"Content-Length", b"10"),)), id="head-content-length"),
 ])
-def test_valid_response_passes_through(hub, method, answer, close, relayed):
-    """A valid but unusual worker response reaches the consumer exactly, and its slot stays usable unless it ended with the connection."""
-    with ScriptedWorker(hub.worker_port, answer, close=close) as worker:
-        result = exchange(hub.consumer_port, method + b" /x HTTP/1.1\r\nHost: h\r\n\r\n",
-                          count=1, methods=[method.decode()])
-        assert result.statuses == [relayed.status], result
-        response = result.responses[0]
-        assert response.body == relayed.body
-        for name, value in relayed.headers:
-            assert response.values(name) == [value], response
-        assert worker.heads[0].startswith(method + b" /x HTTP/1.1\r\n")
-        if not close:
-            assert_follow_is_served(hub, worker)
-    if close:
-        assert_follow_is_served(hub)
+def test_valid_response_passes_through(hub, method, answer, relayed):
+    """A valid but unusual worker response reaches the consumer exactly, and its slot stays usable."""
+    with ScriptedWorker(hub.worker_port, answer) as worker:
+        assert_relayed(hub, worker, method, relayed)
+        assert_follow_is_served(hub, worker)
+
+
+@pytest.mark.usefixtures("clean_log")
+def test_body_until_close_passes_through(hub):
+    """A response whose body ends with the connection reaches the consumer exactly; a fresh slot serves the next request."""
+    with ScriptedWorker(hub.worker_port, b"HTTP/1.1 200 OK\r\n\r\nabc", close=True) as worker:
+        assert_relayed(hub, worker, b"GET", Relayed(200, b"abc"))
+    assert_fresh_slot_serves(hub)

@@ -5,19 +5,16 @@ real 0.4.3 worker through --legacy-worker, and CPU-gated admission.
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
 import venv
-from pathlib import Path
 
 import pytest
 
 from pothead.compat import server_argv, worker_argv
-from tests.processes import PROCESS_WAIT, Twistd, get, get_eventually, start_hub
+from tests.processes import Process, Twistd, get, get_eventually, start_hub
 
 
 def free_port() -> int:
@@ -26,41 +23,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Process:
-    """
-    A python -m subprocess with its output in a file.
-    """
-
-    def __init__(self, argv, cwd, env=None):
-        self.log = Path(cwd) / f"out-{len(list(Path(cwd).glob('out-*')))}.log"
-        self.output_file = open(self.log, "w")
-        self.process = subprocess.Popen(
-            argv, cwd=cwd, env={**os.environ, **(env or {})},
-            stdout=self.output_file, stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def output(self) -> str:
-        return self.log.read_text()
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(PROCESS_WAIT)
-        self.output_file.close()
-
-
 @pytest.fixture
 def processes():
-    started: list = []
+    """Processes a test starts, all killed at its end."""
+    started: list[Process] = []
     yield started
     for process in started:
-        if isinstance(process, Twistd):
-            process.stop(signal.SIGKILL)
-        else:
-            process.stop()
+        process.stop(signal.SIGKILL)
 
 
+@pytest.mark.unit
 def test_compat_command_lines_translate():
     """
     0.4.3's arguments map to the equivalent twistd command lines.
@@ -75,6 +47,7 @@ def test_compat_command_lines_translate():
     assert worker_argv(["--poll-jobs", "m:app"], {})[-1] == "--poll-jobs"
 
 
+@pytest.mark.process
 def test_compat_command_lines_run(tmp_path, processes):
     """
     python3 -m pothead.server and python3 -m pothead.worker, with 0.4.3's
@@ -89,12 +62,10 @@ def test_compat_command_lines_run(tmp_path, processes):
          "pothead.demo:app"], tmp_path, env={"POTHEAD_WORKERS": "2"}))
     status, body = get_eventually(f"http://127.0.0.1:{main_port}/?width=10&height=3")
     assert status == 200 and b"rendered by pid" in body
-    deadline = time.monotonic() + PROCESS_WAIT
-    while processes[0].output.count("attached to pool default") < 2:
-        assert time.monotonic() < deadline, processes[0].output
-        time.sleep(0.05)
+    processes[0].wait_for(r"attached to pool default", count=2)
 
 
+@pytest.mark.process
 def test_cpu_gated_worker_serves(tmp_path, processes):
     """
     A worker started with --admission cpu:... attaches a slot and serves.
@@ -137,6 +108,7 @@ def pothead_043(tmp_path_factory):
     return python
 
 
+@pytest.mark.process
 def test_real_pothead_043_worker_through_legacy_port(tmp_path, processes, pothead_043):
     """
     A real POTHEAD 0.4.3 worker, connected to --legacy-worker, answers

@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 
 from pothead.attach import attach_request
 from pothead.hub.connection_limit import SWEEP_INTERVAL, ConnectionLimit
-from tests.test_limits import HubHarness, header, status
+from tests.harness import HubHarness, header, status
 
 
 class Port:
@@ -67,6 +67,7 @@ def port():
     port.socket.close()
 
 
+@pytest.mark.net
 def test_ports_stop_at_the_limit_and_resume_below_it(port):
     """Every port of the group stops accepting at the limit, and accepts again once one closes."""
     clock = Clock()
@@ -86,6 +87,7 @@ def test_ports_stop_at_the_limit_and_resume_below_it(port):
     other.socket.close()
 
 
+@pytest.mark.net
 def test_port_added_at_the_limit_does_not_accept(port):
     """A port that starts listening while the limit is full starts paused."""
     limit = ConnectionLimit(1, Clock(), "consumer")
@@ -94,6 +96,7 @@ def test_port_added_at_the_limit_does_not_accept(port):
     assert not port.reading
 
 
+@pytest.mark.net
 def test_idle_connections_closed_only_for_waiting_ones(port):
     """
     At the limit with nobody waiting, idle connections stay; once a
@@ -119,6 +122,7 @@ def test_idle_connections_closed_only_for_waiting_ones(port):
         assert newer.closed and not busy.closed
 
 
+@pytest.mark.net
 def test_a_crowd_is_let_in_faster(port):
     """While connections keep waiting, each sweep closes twice as many idle ones as the last."""
     clock = Clock()
@@ -135,6 +139,7 @@ def test_a_crowd_is_let_in_faster(port):
     assert [c.closed for c in idle] == [True] * 7 + [False]
 
 
+@pytest.mark.unit
 def test_consumer_connections_counted_and_idle_only_between_requests():
     """
     The hub counts every consumer connection; one is idle (closable for
@@ -155,6 +160,7 @@ def test_consumer_connections_counted_and_idle_only_between_requests():
     assert limit.connections == {fresh}
 
 
+@pytest.mark.unit
 def test_idle_consumer_closed_for_room():
     """A consumer connection closed to make room closes as any idle one does."""
     harness = HubHarness()
@@ -163,6 +169,7 @@ def test_idle_consumer_closed_for_room():
     assert transport.disconnecting
 
 
+@pytest.mark.unit
 def test_attach_beyond_max_slots_is_503():
     """With --max-slots slots attached, a further attach is refused 503 with Retry-After."""
     harness = HubHarness(max_slots=1, retry_after=7)

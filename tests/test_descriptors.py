@@ -14,11 +14,13 @@ import pytest
 from pothead.hub.descriptors import ATTACH_MARGIN, FIXED, PER_CONSUMER, needed, plan
 
 
+@pytest.mark.unit
 def test_need_counts_every_connection():
     """Two descriptors per consumer connection, one per slot, one per listener, and the fixed ones."""
     assert needed(1000, 100, 3) == FIXED + 3 + PER_CONSUMER * 1000 + 100 + ATTACH_MARGIN
 
 
+@pytest.mark.unit
 def test_soft_limit_raised_to_the_need():
     """Below the hard limit, the soft limit goes up to the need, and the limits stay."""
     budget = plan(2280, 1024, 2, soft=1024, hard=1 << 20)
@@ -26,18 +28,21 @@ def test_soft_limit_raised_to_the_need():
     assert budget.soft == needed(2280, 1024, 2) and not budget.short
 
 
+@pytest.mark.unit
 def test_soft_limit_never_lowered():
     """A soft limit already above the need is kept."""
     budget = plan(10, 10, 2, soft=50000, hard=50000)
     assert budget.soft == 50000 and not budget.short
 
 
+@pytest.mark.unit
 def test_unlimited_hard_limit():
     """An unlimited hard limit lets the soft one go to the need."""
     budget = plan(2000, 10, 1, soft=1024, hard=resource.RLIM_INFINITY)
     assert budget.soft == needed(2000, 10, 1) and not budget.short
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("hard", [1024, 2000, 4096])
 def test_limits_cut_to_fit_a_low_hard_limit(hard):
     """
@@ -51,6 +56,7 @@ def test_limits_cut_to_fit_a_low_hard_limit(hard):
     assert budget.max_connections / 2280 == pytest.approx(budget.max_slots / 1024, rel=0.02)
 
 
+@pytest.mark.unit
 def test_at_least_one_of_each():
     """A hard limit below even the fixed need still leaves one connection of each kind."""
     budget = plan(100, 10, 2, soft=32, hard=32)
@@ -74,6 +80,7 @@ def run_budget(nofile: tuple[int, int]) -> str:
     ).stdout
 
 
+@pytest.mark.process
 def test_process_soft_limit_raised():
     """A process started with soft 1024 runs with the soft limit it needs, and says so in one line."""
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
@@ -86,6 +93,7 @@ def test_process_soft_limit_raised():
     assert "Raise the limit" not in out
 
 
+@pytest.mark.process
 def test_process_short_of_descriptors_says_so():
     """Under a hard limit of 1024 the limits shrink, and one line says what to raise and how."""
     out = run_budget((1024, 1024))

@@ -12,6 +12,8 @@ import pytest
 
 from tests.processes import TWISTD, Twistd, get, get_eventually, start_hub
 
+pytestmark = pytest.mark.process
+
 
 @pytest.fixture
 def started(tmp_path):

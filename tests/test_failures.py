@@ -16,9 +16,12 @@ from twisted.internet.task import deferLater
 from twisted.web.client import ResponseFailed
 
 from pothead.attach import DETACH_NOTICE
-from tests.conftest import WAIT, wait_for
+from tests.harness import WAIT, wait_for
 from tests.http import Client, fetch
+from tests.loopback import start_hub
 from tests.peers import scripted_worker
+
+pytestmark = pytest.mark.net
 
 
 def counting_app(calls: list):
@@ -206,16 +209,23 @@ async def test_consumer_gone_while_served_drops_that_slot(running_hub):
         start_response("200 OK", [("Content-Length", "2")])
         return [b"ok"]
 
-    await running_hub.add_worker(app)
+    service = await running_hub.add_worker(app)
     (first_slot,) = running_hub.pool.slots
+    connections = service.factories[0].clients
+    (first_connection,) = connections
     client = Client()
     try:
         quitter = defer.ensureDeferred(client.request("GET", running_hub.url + "/slow"))
         await wait_for(lambda: running_hub.pool.idle == 0, what="the slot to be busy")
         quitter.cancel()
         await wait_for(lambda: first_slot not in running_hub.pool.slots, what="the slot to close")
-        # The app is still running the abandoned request: the slot must not
-        # attach again (and take a job its thread cannot start) until then.
+        # The app is still running the abandoned request: the slot connects
+        # again at once, but must not attach (and take a job its thread
+        # cannot start) until then.
+        await wait_for(lambda: connections and first_connection not in connections,
+                       what="the slot to connect again")
+        # No event marks a slot that waits for its app call: a bounded
+        # 0.3 s shows that it does not attach meanwhile.
         await deferLater(reactor, 0.3, lambda: None)
         assert running_hub.pool.idle == 0
         gate.set()
@@ -235,7 +245,6 @@ async def test_retries_zero_answers_502_for_get():
     With --retries 0 even a GET whose worker vanished gets 502 at once.
     """
     from pothead.hub.limits import Limits
-    from tests.conftest import start_hub
 
     running = await start_hub(limits=Limits(retries=0))
     try:

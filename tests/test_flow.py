@@ -6,12 +6,13 @@ reactor in batches.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import capturedLogs
 
 from pothead.worker.flow import GATE_KEY, BatchedCalls, FlowControlledWSGIResource, flow_controlled
-from tests.conftest import wait_for
+from tests.harness import wait_for
 from tests.peers import MIB, held_back_then_drained, paused_consumer
 
 CHUNK = b"y" * (64 * 1024)
@@ -38,6 +39,7 @@ class BigGenerator:
             yield CHUNK
 
 
+@pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_slow_consumer_pauses_the_app(running_hub):
     """
@@ -54,6 +56,7 @@ async def test_slow_consumer_pauses_the_app(running_hub):
     assert GATE_KEY not in app.environ_keys
 
 
+@pytest.mark.unit
 def test_private_wsgi_response_pinned():
     """
     The private twisted.web.wsgi names flow.py builds on still exist with
@@ -94,6 +97,7 @@ class RecordingReactor:
             call()
 
 
+@pytest.mark.unit
 def test_batched_calls_wake_the_reactor_once_and_keep_order():
     """
     Calls handed over before the reactor gets to them run in one wake-up,
@@ -115,6 +119,7 @@ def test_batched_calls_wake_the_reactor_once_and_keep_order():
     assert ran[-1] == "next" and fake.handed_over == []
 
 
+@pytest.mark.unit
 def test_batched_call_that_fails_is_logged_and_the_rest_run():
     """
     One failing call (a response whose connection is gone, say) neither

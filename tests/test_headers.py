@@ -2,7 +2,11 @@
 Header rewriting between consumer and worker.
 """
 
+import pytest
+
 from pothead.http.headers import forwarded_headers
+
+pytestmark = pytest.mark.unit
 
 
 def consumer_headers(*pairs: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:

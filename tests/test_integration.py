@@ -11,8 +11,10 @@ import pytest
 import pytest_twisted
 from twisted.internet import defer
 
-from tests.conftest import WAIT, wait_for
+from tests.harness import WAIT, wait_for
 from tests.http import Client, fetch
+
+pytestmark = pytest.mark.net
 
 
 def echo_path(environ, start_response):

@@ -6,61 +6,11 @@ fake clock.
 from __future__ import annotations
 
 import pytest
-from twisted.internet.address import IPv4Address
-from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
-from pothead.attach import attach_request
-from pothead.hub.limits import Limits
-from pothead.hub.service import Hub
+from tests.harness import GET, HubHarness, header, status
 
-
-class HubHarness:
-    """
-    A hub on a fake clock whose connections are StringTransports.
-    """
-
-    def __init__(self, **limits) -> None:
-        self.clock = MemoryReactorClock()
-        self.hub = Hub(self.clock, limits=Limits(**limits))
-        self.site = self.hub.consumer_factory()
-        self.workers = self.hub.worker_factory()
-        self.pool = self.hub.pools["default"]
-
-    def consumer(self, data: bytes = b""):
-        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
-        transport = StringTransport(
-            hostAddress=IPv4Address("TCP", "127.0.0.1", 8080),
-            peerAddress=IPv4Address("TCP", "127.0.0.5", 5000),
-        )
-        channel.makeConnection(transport)
-        if data:
-            channel.dataReceived(data)
-        return channel, transport
-
-    def worker(self):
-        protocol = self.workers.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 6000))
-        protocol.makeConnection(transport)
-        protocol.dataReceived(attach_request("hub", "default", None, "w"))
-        transport.clear()
-        return protocol, transport
-
-
-def status(transport) -> bytes:
-    return transport.value().split(b"\r\n", 1)[0]
-
-
-def header(transport, name: bytes) -> bytes | None:
-    head = transport.value().split(b"\r\n\r\n", 1)[0]
-    for line in head.split(b"\r\n")[1:]:
-        key, _, value = line.partition(b": ")
-        if key.lower() == name.lower():
-            return value
-    return None
-
-
-GET = b"GET /job HTTP/1.1\r\nHost: hub\r\n\r\n"
+pytestmark = pytest.mark.unit
 
 
 def test_queue_full_is_503_with_retry_after():

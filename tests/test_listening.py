@@ -9,17 +9,16 @@ so that ``accept`` really fails with ``EMFILE``.
 
 from __future__ import annotations
 
-import resource
+import signal
 import socket
-import subprocess
 import sys
 import textwrap
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from pothead.hub.listening import overflow_response, with_backlog
+from tests.processes import Process
 
 #: A listener whose process then takes every descriptor left.
 PROGRAM = textwrap.dedent("""
@@ -66,25 +65,22 @@ def ask(port: int) -> bytes:
 
 @pytest.fixture
 def starved():
-    """The port of a listener in a process with no descriptor left."""
-    process = subprocess.Popen(
-        [sys.executable, "-c", PROGRAM], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64)),
-    )
+    """The port of a listener in a process with no descriptor left, and the process."""
+    process = Process([sys.executable, "-c", PROGRAM], nofile=(64, 64))
     try:
-        seen = []
-        for line in process.stdout:
-            seen.append(line)
-            if "listening on" in line:
-                break
-        else:
-            pytest.fail("the listener did not start:\n" + "".join(seen))
-        yield int(line.split()[-1]), process
+        port = int(process.wait_for(r"listening on (\d+)")[0].group(1))
+        yield port, process
     finally:
-        process.terminate()
-        process.wait(10)
+        process.stop()
 
 
+def answered(lines: list[str]) -> int:
+    """How many connections the listener's count lines say it answered 503."""
+    return sum(int(line.split("answered ")[1].split()[0])
+               for line in lines if "out of descriptors" in line)
+
+
+@pytest.mark.process
 def test_out_of_descriptors_answered_503(starved):
     """Every connection, one after another or forty at once, gets the 503 and a clean close, no reset."""
     port, process = starved
@@ -95,15 +91,17 @@ def test_out_of_descriptors_answered_503(starved):
     with ThreadPoolExecutor(8) as pool:
         answers = list(pool.map(lambda _: ask(port), range(40)))
     assert answers == [expected] * 40
-    time.sleep(1.5)  # the count of the last second is logged when it ends
-    process.terminate()
-    output = process.communicate(timeout=10)[0]
+    # The count of the last second is logged when that second ends.
+    process.wait_for_lines(lambda lines: answered(lines) >= 45, "counts of 45 answered")
+    process.stop(signal.SIGTERM)
+    output = process.output
     counts = [line for line in output.splitlines() if "out of descriptors" in line]
-    assert counts and len(counts) <= 10, output
-    assert sum(int(line.split("answered ")[1].split()[0]) for line in counts) == 45, output
+    assert 0 < len(counts) <= 10, output
+    assert answered(process.lines) == 45, output
     assert "Traceback" not in output and "EMFILE recovery" not in output, output
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("description, expected", [
     ("tcp:8080", "tcp:8080:backlog=500"),
     ("tcp:8080:interface=127.0.0.1", "tcp:8080:interface=127.0.0.1:backlog=500"),

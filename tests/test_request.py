@@ -19,7 +19,9 @@ from twisted.python.failure import Failure
 
 from pothead.http.server import MAX_PIPELINED, ServerChannel, ServerRequest
 from pothead.hub.limits import Limits
-from tests.test_limits import GET, HubHarness, header, status
+from tests.harness import GET, HubHarness, header, status
+
+pytestmark = pytest.mark.unit
 
 
 class Recorder:

@@ -25,9 +25,8 @@ from zope.interface import implementer
 from pothead.worker.body_pipe import HIGH_WATER
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker.slot_server import SlotServer, WSGIRequest
-from tests.conftest import wait_for
-from tests.test_attach import InThisThread
-from tests.test_sockets import Raw, received_without_reactor
+from tests.harness import InThisThread, wait_for
+from tests.loopback import Raw, received_without_reactor
 
 PEER = IPv4Address("TCP", "127.0.0.1", 4040)
 
@@ -86,6 +85,7 @@ def environ_echo(environ, start_response):
     return [body]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "app, request_bytes",
     [
@@ -115,6 +115,7 @@ def test_response_as_twisted_web_writes_it(app, request_bytes):
     assert ours.startswith(b"HTTP/1.1 ")
 
 
+@pytest.mark.unit
 def test_error_before_start_leaves_connection_open():
     """
     An app failing before it answered gets a 500, and the slot takes the
@@ -139,6 +140,7 @@ class Held:
         self.requests.append(request)
 
 
+@pytest.mark.unit
 def test_hub_gone_mid_response():
     """
     A request whose connection is lost fails its notifyFinish Deferreds
@@ -163,6 +165,7 @@ def test_hub_gone_mid_response():
     assert transport.value() == written and not request.finished
 
 
+@pytest.mark.unit
 def test_finished_request_notifies_and_slot_turns_idle():
     """
     finish() fires notifyFinish and, once no request is in progress,
@@ -186,6 +189,7 @@ def test_finished_request_notifies_and_slot_turns_idle():
     assert later == [None]
 
 
+@pytest.mark.unit
 def test_detaching_slot_serves_no_request_sent_after_its_response():
     """
     A slot that detaches once idle (one job per admission, or draining)
@@ -206,6 +210,7 @@ def test_detaching_slot_serves_no_request_sent_after_its_response():
     assert not channel.busy
 
 
+@pytest.mark.unit
 def test_request_sent_during_a_response_is_served_after_it():
     """
     A slot that stays attached serves the hub's next request, even one
@@ -221,35 +226,72 @@ def test_request_sent_during_a_response_is_served_after_it():
     assert [r.uri for r in held.requests] == [b"/one", b"/two"]
 
 
+async def held_request(raw: Raw):
+    """
+    A slot's channel connected to C{raw} over loopback, the peer's socket,
+    and the request the peer sent, held unanswered.
+    """
+    held = Held()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", raw.port, timeout=5)
+    channel = await connectProtocol(endpoint, SlotServer(held, reactor).buildProtocol(PEER))
+    peer = raw.accept()
+    peer.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    await wait_for(lambda: held.requests, what="the request")
+    (request,) = held.requests
+    return channel, peer, request
+
+
+@pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_body_of_known_length_sent_at_its_last_byte():
     """
     Over a real socket: the write that completes a body of declared
-    length is on the wire before finish() and before the reactor turns;
-    a body of unknown length waits for the reactor.
+    length is on the wire before finish() and before the reactor turns.
     """
     raw = Raw()
     try:
-        for length, sent_at_once in ((b"2", True), (None, False)):
-            held = Held()
-            endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", raw.port, timeout=5)
-            channel = await connectProtocol(endpoint, SlotServer(held, reactor).buildProtocol(PEER))
-            peer = raw.accept()
-            peer.sendall(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
-            await wait_for(lambda held=held: held.requests, what="the request")
-            (request,) = held.requests
-            if length is not None:
-                request.responseHeaders.setRawHeaders(b"Content-Length", [length])
-            request.write(b"ok")
-            received = received_without_reactor(peer, 5 if sent_at_once else 0.2)
-            if sent_at_once:
-                assert received.startswith(b"HTTP/1.1 200 OK\r\n")
-                assert received.endswith(b"\r\n\r\nok") and not request.finished
-            else:
-                assert received == b""
-            request.finish()
-            channel.transport.loseConnection()
-            peer.close()
+        channel, peer, request = await held_request(raw)
+        request.responseHeaders.setRawHeaders(b"Content-Length", [b"2"])
+        request.write(b"ok")
+        received = received_without_reactor(peer, 5)
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert received.endswith(b"\r\n\r\nok") and not request.finished
+        request.finish()
+        channel.transport.loseConnection()
+    finally:
+        raw.close()
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_body_of_unknown_length_waits_for_the_reactor():
+    """
+    Over a real socket: a write to a body of unknown length is not on the
+    wire before the reactor turns; after finish(), the reactor sends the
+    whole response.
+    """
+    raw = Raw()
+    try:
+        channel, peer, request = await held_request(raw)
+        request.write(b"ok")
+        # No event marks bytes not sent; the reactor cannot turn during this
+        # call, so a bounded 0.2 s read shows that they wait for it.
+        assert received_without_reactor(peer, 0.2) == b""
+        request.finish()
+        received = bytearray()
+        peer.setblocking(False)
+
+        def whole() -> bool:
+            try:
+                received.extend(peer.recv(65536))
+            except BlockingIOError:
+                pass
+            return received.endswith(b"\r\n0\r\n\r\n")
+
+        await wait_for(whole, what="the whole response")
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"\r\n\r\n2\r\nok\r\n0\r\n\r\n" in received
+        channel.transport.loseConnection()
     finally:
         raw.close()
 
@@ -272,6 +314,7 @@ def known_length(environ, start_response):
     return [b"ab", b"cd"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("app", [known_length, no_length, environ_echo])
 def test_one_send_per_response(app):
     """
@@ -287,6 +330,7 @@ def test_one_send_per_response(app):
     assert transport.sends == 1
 
 
+@pytest.mark.unit
 def test_body_still_arriving_is_read_by_the_app_as_it_comes():
     """
     A request whose body has not all arrived is handed to the app at its
@@ -303,6 +347,7 @@ def test_body_still_arriving_is_read_by_the_app_as_it_comes():
     assert not request.channel.busy
 
 
+@pytest.mark.unit
 def test_answer_before_the_body_ends_drops_the_rest():
     """
     An app may answer before it reads the whole body: the response goes
@@ -327,6 +372,7 @@ def test_answer_before_the_body_ends_drops_the_rest():
     assert idle == [True] and not channel.busy
 
 
+@pytest.mark.unit
 def test_hub_gone_mid_body_fails_the_apps_read():
     held = Held()
     server = SlotServer(held, Clock())
@@ -347,6 +393,7 @@ class ClockAndThreads(Clock):
         f(*args)
 
 
+@pytest.mark.unit
 def test_app_failing_mid_response_lets_the_connection_close():
     """
     An app that fails after its response started (twisted.web.wsgi then
@@ -369,6 +416,7 @@ def test_app_failing_mid_response_lets_the_connection_close():
         request.content.read(1)
 
 
+@pytest.mark.unit
 def test_malformed_streamed_body_refused_and_given_up():
     held = Held()
     server = SlotServer(held, ClockAndThreads())

@@ -6,39 +6,19 @@ waits for the reactor, and a connection being closed is left to it.
 
 from __future__ import annotations
 
-import socket
-
+import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
 from pothead.http.sockets import send_now
-from tests.conftest import wait_for
+from tests.harness import wait_for
+from tests.loopback import Raw, received_without_reactor
+
+pytestmark = pytest.mark.net
 
 MIB = 1024 * 1024
-
-
-class Raw:
-    """
-    A plain listening socket, read without the reactor.
-    """
-
-    def __init__(self) -> None:
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.peer: socket.socket | None = None
-
-    def accept(self) -> socket.socket:
-        self.listener.settimeout(5)
-        self.peer, _ = self.listener.accept()
-        self.peer.settimeout(5)
-        return self.peer
-
-    def close(self) -> None:
-        if self.peer is not None:
-            self.peer.close()
-        self.listener.close()
 
 
 async def connected(raw: Raw) -> Protocol:
@@ -46,14 +26,6 @@ async def connected(raw: Raw) -> Protocol:
     protocol = await connectProtocol(endpoint, Protocol())
     raw.accept()
     return protocol
-
-
-def received_without_reactor(peer: socket.socket, timeout: float) -> bytes:
-    peer.settimeout(timeout)
-    try:
-        return peer.recv(65536)
-    except TimeoutError:
-        return b""
 
 
 @pytest_twisted.ensureDeferred
@@ -66,6 +38,8 @@ async def test_sent_before_the_reactor_turns():
     try:
         protocol = await connected(raw)
         protocol.transport.write(b"buffered")
+        # No event marks bytes not sent; the reactor cannot turn during this
+        # call, so a bounded 0.2 s read shows that they wait for it.
         assert received_without_reactor(raw.peer, 0.2) == b""
         send_now(protocol.transport)
         assert received_without_reactor(raw.peer, 5) == b"buffered"
@@ -122,6 +96,8 @@ async def test_closing_connection_left_to_the_reactor():
         protocol.transport.write(b"last words")
         protocol.transport.loseConnection()
         send_now(protocol.transport)
+        # No event marks bytes not sent; the reactor cannot turn during this
+        # call, so a bounded 0.2 s read shows that send_now sent nothing.
         assert received_without_reactor(raw.peer, 0.2) == b""
         await wait_for(lambda: lost, timeout=5, what="the connection's end")
         raw.peer.settimeout(5)

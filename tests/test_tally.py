@@ -4,10 +4,13 @@ Floods of one event, logged as counts at most once per interval.
 
 from __future__ import annotations
 
+import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from pothead.hub.tally import Tally
+
+pytestmark = pytest.mark.unit
 
 
 def test_first_event_at_once_then_a_count_per_interval():

@@ -21,6 +21,8 @@ from pothead.hub.listening import Listener
 from pothead.worker import tap as worker_tap
 from pothead.worker.service import AppThreadsService
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).parent.parent
 
 

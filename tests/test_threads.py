@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from twisted.logger import globalLogPublisher
 
 from pothead.worker.threads import AppThreads
+
+pytestmark = pytest.mark.unit
 
 #: Seconds any wait in these tests may take before it counts as a hang.
 WAIT = 10.0

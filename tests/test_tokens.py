@@ -6,6 +6,8 @@ import pytest
 
 from pothead.tokens import TokenCheck, TokenError, load_token
 
+pytestmark = pytest.mark.unit
+
 
 def test_token_from_file_first_line(tmp_path):
     """

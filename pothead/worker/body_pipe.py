@@ -43,7 +43,7 @@ class BodyPipe:
         self._resume = resume
         self._ready = threading.Condition()
         self._unread = bytearray()
-        self._received = 0
+        self._read = 0
         self._ended = False
         self._error: Exception | None = None
         self._paused = False
@@ -55,7 +55,6 @@ class BodyPipe:
         """
         A piece of the body arrived.
         """
-        self._received += len(data)
         if self._dropping or not data:
             return
         with self._ready:
@@ -65,12 +64,6 @@ class BodyPipe:
             self._paused = self._paused or pause
         if pause:
             self._pause()
-
-    def tell(self) -> int:
-        """
-        How many body bytes have arrived so far.
-        """
-        return self._received
 
     def end(self) -> None:
         """
@@ -176,6 +169,14 @@ class BodyPipe:
                 return
             yield line
 
+    def tell(self) -> int:
+        """
+        The position of the next read, as a file's C{tell()} says it: how
+        many bytes of the body the app has read.
+        """
+        with self._ready:
+            return self._read
+
     def _wait_for_data(self) -> None:
         """
         Wait, holding the condition, until something is unread or the body
@@ -189,6 +190,7 @@ class BodyPipe:
     def _take(self, size: int) -> bytes:
         data = bytes(self._unread[:size])
         del self._unread[:size]
+        self._read += len(data)
         if self._paused and len(self._unread) <= LOW_WATER:
             self._paused = False
             self._resume()
