@@ -3,9 +3,7 @@ Shared fixtures: a hub and a worker running in the test's reactor on
 127.0.0.1, and a check that no test leaves timers behind; and the rule
 that every test belongs to exactly one tier (see tests/README.md).
 
-The helpers live in tests/harness.py and tests/loopback.py; WAIT,
-wait_for, RunningHub and start_hub are imported here too for modules that
-still import them from this one.
+The helpers live in tests/harness.py and tests/loopback.py.
 """
 
 from __future__ import annotations
@@ -14,10 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.harness import WAIT, wait_for
-from tests.loopback import RunningHub, start_hub
-
-__all__ = ["WAIT", "RunningHub", "start_hub", "wait_for"]
+from tests.loopback import start_hub
 
 #: The tiers, as registered in pytest.ini: every test carries exactly one.
 TIERS = ("unit", "net", "process")

@@ -5,7 +5,10 @@ readers, and the app-provided wait_for_slot contract.
 
 from __future__ import annotations
 
+import itertools
+import sys
 import threading
+import time
 
 import pytest
 import pytest_twisted
@@ -15,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.python import usage
 from zope.interface.verify import verifyObject
 
+from pothead.worker import admission as admission_module
 from pothead.worker import tap as worker_tap
 from pothead.worker.admission import (
     CpuAdmission,
@@ -24,10 +28,11 @@ from pothead.worker.admission import (
     parse_admission,
 )
 from pothead.worker.cgroup import cpu_quota
-from tests.conftest import wait_for
+from tests.harness import wait_for
 from tests.http import Client
 
 
+@pytest.mark.unit
 def test_cgroup_v2(tmp_path):
     """
     cgroup v2's cpu.max gives the quota in CPUs, or none for "max".
@@ -38,6 +43,7 @@ def test_cgroup_v2(tmp_path):
     assert cpu_quota(tmp_path) is None
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("directory", ["cpu", "cpu,cpuacct"])
 def test_cgroup_v1(tmp_path, directory):
     """
@@ -51,6 +57,7 @@ def test_cgroup_v1(tmp_path, directory):
     assert cpu_quota(tmp_path) is None
 
 
+@pytest.mark.unit
 def test_no_cgroup(tmp_path):
     """
     Without any cgroup CPU file there is no quota.
@@ -83,6 +90,7 @@ def gate(required=1.0, max_slots=None, quota=None, cpus=4):
     return admission, clock, cpu
 
 
+@pytest.mark.unit
 def test_cpu_admission_provides_interface():
     """
     Every admission policy provides IAdmission.
@@ -92,6 +100,7 @@ def test_cpu_admission_provides_interface():
         assert verifyObject(IAdmission, policy)
 
 
+@pytest.mark.unit
 def test_first_job_always_admitted():
     """
     With nothing running, a slot is admitted at once, however busy the CPU.
@@ -101,6 +110,7 @@ def test_first_job_always_admitted():
     assert first.called
 
 
+@pytest.mark.unit
 def test_more_only_while_cpus_idle():
     """
     A further slot waits while fewer than REQUIRED CPUs are idle, and is
@@ -118,6 +128,7 @@ def test_more_only_while_cpus_idle():
     assert not clock.getDelayedCalls()
 
 
+@pytest.mark.unit
 def test_done_ticket_frees_a_slot():
     """
     When a ticket is done the slot count drops, and with nothing running
@@ -135,6 +146,7 @@ def test_done_ticket_frees_a_slot():
     assert admission.running == 1
 
 
+@pytest.mark.unit
 def test_max_slots_bound():
     """
     No more than max slots are admitted, however idle the CPUs.
@@ -150,6 +162,7 @@ def test_max_slots_bound():
     assert failures[0].check(CancelledError)
 
 
+@pytest.mark.unit
 def test_default_max_from_cpus_or_quota():
     """
     Without max=, at most twice the CPUs (or the quota) over REQUIRED.
@@ -159,6 +172,7 @@ def test_default_max_from_cpus_or_quota():
     assert gate(required=1, quota=1.5, cpus=16)[0].max_slots == 3
 
 
+@pytest.mark.unit
 def test_quota_keeps_process_under_it():
     """
     Under a cgroup quota, a further slot waits while the process already
@@ -173,6 +187,7 @@ def test_quota_keeps_process_under_it():
     assert second.called
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "spec, parsed",
     [("cpu:2", (2.0, None)), ("cpu:0.5,max=4", (0.5, 4))],
@@ -184,6 +199,7 @@ def test_parse_admission(spec, parsed):
     assert parse_admission(spec) == parsed
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("spec", ["cpu", "cpu:", "mem:1", "cpu:0", "cpu:1,max=0", "cpu:1,min=2"])
 def test_parse_admission_errors(spec):
     """
@@ -193,6 +209,7 @@ def test_parse_admission_errors(spec):
         parse_admission(spec)
 
 
+@pytest.mark.unit
 def test_worker_option_errors():
     """
     --admission and --poll-jobs are checked at startup.
@@ -242,6 +259,7 @@ class PollingApp:
         return [b"ok"]
 
 
+@pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_wait_for_slot_contract(running_hub):
     """
@@ -271,6 +289,7 @@ async def test_wait_for_slot_contract(running_hub):
     assert app.halt() is True
 
 
+@pytest.mark.unit
 def test_gating_compat_lets_one_through_and_halts():
     """
     pothead.gating.wait_for_idle_cpus, as in POTHEAD 0.4.3: the first call
@@ -287,3 +306,147 @@ def test_gating_compat_lets_one_through_and_halts():
     again = wait_for_slot(lambda: False)
     assert again is not None
     again.done()
+
+
+class CountingCpu:
+    """
+    Readings that move by the call, not by the time: each reading of the
+    clock is one second later and each reading of idle CPU time 64 seconds
+    more, so that each CpuAdmission decision, reading the clock twice, sees
+    32 idle CPUs however slowly the threads run.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = itertools.count().__next__
+        self._idle = itertools.count()
+
+    def idle(self) -> float:
+        return 64.0 * next(self._idle)
+
+
+def switching_anywhere_in(filename: str):
+    """
+    A trace function, for L{threading.settrace}, that lets the interpreter
+    switch threads before any bytecode of C{filename}.
+
+    The GIL switches threads only at calls and loops, so C{x += 1} on an
+    attribute, or a check and the update it decides, are atomic by accident
+    of CPython: a race there shows on a free-threaded interpreter, or once a
+    call lands between, but not here.  Calling a Python trace function for
+    every opcode puts a switch point between any two of them.
+    """
+
+    def each_opcode(frame, event, arg):
+        return each_opcode
+
+    def on_call(frame, event, arg):
+        if frame.f_code.co_filename != filename:
+            return None
+        frame.f_trace_opcodes = True
+        return each_opcode
+
+    return on_call
+
+
+def run_threads(count: int, target) -> None:
+    """
+    Run C{target(barrier)} in C{count} threads, which meet on the barrier
+    to start together (and may meet there again), switching as often as
+    the interpreter can, with a switch point before every bytecode of the
+    admission module; fail on any thread's exception, or if they are not
+    all done within a minute.
+    """
+    together = threading.Barrier(count)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            target(together)
+        except BaseException as e:
+            errors.append(e)
+            together.abort()
+
+    threads = [threading.Thread(target=run, daemon=True) for _ in range(count)]
+    interval, trace = sys.getswitchinterval(), threading.gettrace()
+    sys.setswitchinterval(1e-6)
+    threading.settrace(switching_anywhere_in(admission_module.__file__))
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 60
+        for thread in threads:
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    finally:
+        threading.settrace(trace)
+        sys.setswitchinterval(interval)
+    assert not any(thread.is_alive() for thread in threads), "threads still running after 60s"
+    assert not errors, errors
+
+
+@pytest.mark.unit
+def test_try_admit_and_done_from_many_threads():
+    """
+    32 threads taking tickets with try_admit and handing them back with
+    done(), as wait_for_idle_cpus gates do from the app's threads while the
+    reactor returns other tickets: no slot is lost or made up, so the count
+    never leaves 0..max, never more tickets are out than max, and once all
+    are back nothing runs and the next slot is admitted at once.
+    """
+    cpu, most = CountingCpu(), 4
+    admission = CpuAdmission(
+        1.0, cpu, max_slots=most, idle_cpu_seconds=cpu.idle,
+        process_cpu_seconds=lambda: 0.0, quota=None, inertia=0.0,
+    )
+    guard = threading.Lock()
+    counts: set[int] = set()
+    out = peak = 0
+
+    def cycles(together: threading.Barrier) -> None:
+        nonlocal out, peak
+        together.wait(timeout=60)
+        for _ in range(2000):
+            counts.add(admission.running)
+            ticket = admission.try_admit()
+            if ticket is None:
+                continue
+            with guard:
+                out += 1
+                peak = max(peak, out)
+            counts.add(admission.running)
+            time.sleep(0)  # hold it while others run
+            with guard:
+                out -= 1
+            ticket.done()
+
+    run_threads(32, cycles)
+    assert admission.running == 0
+    assert min(counts) >= 0 and max(counts) <= most, sorted(counts)
+    assert 1 < peak <= most, peak
+    ticket = admission.try_admit()
+    assert ticket is not None and admission.running == 1
+    ticket.done()
+    assert admission.running == 0
+
+
+@pytest.mark.unit
+def test_done_from_many_threads_at_once():
+    """
+    A ticket handed back by several threads at once (the reactor losing
+    the slot while the app says done) frees its slot once: 8 threads say
+    done() to each of 1000 tickets, all to the same one at the same time.
+    """
+    cpu = CountingCpu()
+    admission = CpuAdmission(
+        1.0, cpu, max_slots=1000, idle_cpu_seconds=cpu.idle,
+        process_cpu_seconds=lambda: 0.0, quota=None, inertia=0.0,
+    )
+    tickets = [admission.try_admit() for _ in range(1000)]
+    assert None not in tickets and admission.running == 1000
+
+    def hand_back(together: threading.Barrier) -> None:
+        for ticket in tickets:
+            together.wait(timeout=60)
+            ticket.done()
+
+    run_threads(8, hand_back)
+    assert admission.running == 0

@@ -22,6 +22,7 @@ admitted anew.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Any, Callable
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -77,14 +78,16 @@ class IAdmission(Interface):
 class _Ticket:
     def __init__(self, on_done: Callable[[], None] = lambda: None) -> None:
         self._on_done = on_done
-        self._done = False
+        # Taken once and never released: an atomic test-and-set, so that
+        # done() said at once by the reactor (the slot lost) and by the
+        # app's thread frees the slot once.
+        self._done = threading.Lock()
 
     def request_received(self, environ: dict) -> None:
         pass
 
     def done(self) -> None:
-        if not self._done:
-            self._done = True
+        if self._done.acquire(blocking=False):
             self._on_done()
 
 
@@ -166,6 +169,16 @@ class CpuAdmission:
     :param cpus: how many CPUs the machine has.
     :param interval: seconds between readings.
     :param inertia: smoothing of the readings, from 0 (none) to 1.
+
+    The count, the waiting list and the readings are shared with other
+    threads: L{try_admit} runs in the app's threads (the pool's, under
+    C{--poll-jobs}), and a ticket's C{done()} comes from the reactor or the
+    app.  A L{threading.Lock} guards them rather than C{callFromThread}
+    to the reactor, since L{try_admit} must answer its caller at once and
+    C{wait_for_idle_cpus} may run with no reactor at all.  It is held for one
+    decision and the count it changes, so that two threads cannot both take
+    the last room; L{Deferred}s fire outside it, so that their callbacks may
+    call back in.
     """
 
     #: Every job is admitted anew.
@@ -189,6 +202,7 @@ class CpuAdmission:
         cpus = cpus or _cpu_count()
         capacity = self._quota if self._quota is not None else cpus
         self.max_slots = max_slots or max(1, math.ceil(capacity * 2 / required))
+        self._lock = threading.Lock()
         self.running = 0
         self._waiting: list[Deferred] = []
         self._idle = _Derivative(idle_cpu_seconds, clock, inertia)
@@ -199,7 +213,8 @@ class CpuAdmission:
 
     def admit(self) -> Deferred:
         waiting: Deferred = Deferred(self._leave)
-        self._waiting.append(waiting)
+        with self._lock:
+            self._waiting.append(waiting)
         self._check()
         if self._waiting and not self._poll.running:
             self._poll.start(self._interval, now=False)
@@ -210,23 +225,27 @@ class CpuAdmission:
         A ticket if a slot may attach now, else L{None}: the same decision
         as L{admit}, without waiting (for blocking gates in a thread).
         """
-        if self._waiting or not self._roomy():
-            return None
-        self.running += 1
+        with self._lock:
+            if self._waiting or not self._roomy():
+                return None
+            self.running += 1
         return _Ticket(self._release)
 
     def _leave(self, waiting: Deferred) -> None:
-        if waiting in self._waiting:
-            self._waiting.remove(waiting)
+        with self._lock:
+            if waiting in self._waiting:
+                self._waiting.remove(waiting)
 
     def stop(self) -> None:
         if self._poll.running:
             self._poll.stop()
-        waiting, self._waiting = self._waiting, []
+        with self._lock:
+            waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.cancel()
 
     def _roomy(self) -> bool:
+        # Called with the lock held.
         idle, used = self._idle.update(), self._used.update()
         if self.running == 0:
             return True
@@ -235,14 +254,19 @@ class CpuAdmission:
         return self._quota is None or (used or 0.0) <= self._quota - self.required
 
     def _check(self) -> None:
-        while self._waiting and self._roomy():
-            self.running += 1
-            self._waiting.pop(0).callback(_Ticket(self._release))
+        while True:
+            with self._lock:
+                if not (self._waiting and self._roomy()):
+                    break
+                self.running += 1
+                admitted = self._waiting.pop(0)
+            admitted.callback(_Ticket(self._release))
         if not self._waiting and self._poll.running:
             self._poll.stop()
 
     def _release(self) -> None:
-        self.running -= 1
+        with self._lock:
+            self.running -= 1
 
 
 @implementer(ITicket)
