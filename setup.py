@@ -7,14 +7,28 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    # Twisted 26.10, the lowest the suite passes on (below), needs 3.10.
+    python_requires=">=3.10",
     # twisted.plugins is a namespace-style plugin directory, not a package
     # find_packages() can see; listing it is the form Twisted's tap howto uses.
     packages=find_packages(exclude=["tests", "tests.*", "docs", "docs.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins"],
     # httptools is llhttp (Node.js's HTTP/1.1 parser): every HTTP message pothead
     # reads is parsed by it, strict, rather than by code of our own.
-    install_requires=["twisted[tls]>=23.10", "treq", "zope.interface", "psutil", "httptools>=0.6"],
+    #
+    # Twisted: the range the whole suite has passed on.  pothead relies on a
+    # few private Twisted APIs (docs/twisted.md, pinned by
+    # tests/test_twisted_private.py), so a Twisted outside it is untested, and
+    # CI also runs the suite on the newest Twisted on PyPI, past this pin.
+    # Suite runs: 26.10.0 passes.  23.10.0, 24.3.0, 24.7.0 and 26.4.0 fail
+    # test_end_to_end's bad --app test: their twistd exits 0 after a usage
+    # error (26.10 exits 1).  23.10.0 and 24.3.0 also order twisted.web's
+    # response headers otherwise (Transfer-Encoding first), which the
+    # byte-for-byte fidelity tests catch.  The upper bound is the next
+    # major, not yet tested.
+    install_requires=[
+        "twisted[tls]>=26.10,<27", "treq", "zope.interface", "psutil", "httptools>=0.6",
+    ],
     extras_require={
         # hypothesis mutates requests for the parsing property tests; h11, a
         # second strict HTTP/1.1 parser, reads what the hub sent a worker;

@@ -611,7 +611,7 @@ def ideal_fifo(arrivals, jobs, slots: int):
     order, starts on the server that frees up first."""
     free = [0.0] * slots
     out = []
-    for a, s in zip(arrivals, jobs):
+    for a, s in zip(arrivals, jobs, strict=True):
         i = min(range(slots), key=free.__getitem__)
         start = max(a, free[i])
         free[i] = start + s
@@ -630,7 +630,7 @@ def m_scheduling(system: System, cfg: dict, repeat: int, seed: int) -> dict:
         for dist in cfg["dists"]:
             arrivals, jobs = workload(seed + 7919 * repeat, util, dist, cfg["sched_requests"],
                                       cfg["slots"], cfg["mean_ms"])
-            schedule = [[a, f"/sleep?ms={j * 1000:.3f}"] for a, j in zip(arrivals, jobs)]
+            schedule = [[a, f"/sleep?ms={j * 1000:.3f}"] for a, j in zip(arrivals, jobs, strict=True)]
             span = arrivals[-1] + 30
             r = run_loadgen("open", {"port": system.front, "schedule": schedule,
                                      "timeout": 30.0, "deadline": span}, timeout=span + 30)
@@ -1272,7 +1272,7 @@ def ab_figures(cfg) -> list[tuple[str, str, tuple[str, ...]]]:
 
 
 def _minus(xs, ys):
-    return [None if x is None or y is None else x - y for x, y in zip(xs, ys)]
+    return [None if x is None or y is None else x - y for x, y in zip(xs, ys, strict=False)]
 
 
 def ab_compare(runs, cfg, baseline: str) -> list[dict]:
@@ -1294,7 +1294,7 @@ def ab_compare(runs, cfg, baseline: str) -> list[dict]:
         mc, mb = med(cur), med(base)
         if mc is not None and mb is not None:
             rows.append({"figure": label, "unit": unit, "current": mc, "baseline": mb,
-                         "ratio": mc / mb if mb else None, "pairs": [list(p) for p in zip(cur, base)]})
+                         "ratio": mc / mb if mb else None, "pairs": [list(p) for p in zip(cur, base, strict=False)]})
     return rows
 
 

@@ -485,7 +485,7 @@ def describe_difference(through_hub: dict, direct: dict) -> str:
 
 def assert_same_views(through_hub: Sequence[RawResponse], direct: Sequence[RawResponse]) -> None:
     assert len(through_hub) == len(direct)
-    for index, (hub_response, direct_response) in enumerate(zip(through_hub, direct)):
+    for index, (hub_response, direct_response) in enumerate(zip(through_hub, direct, strict=True)):
         hub_view, direct_view = view(hub_response), view(direct_response)
         if hub_view != direct_view:
             pytest.fail(
@@ -506,7 +506,7 @@ def assert_same(
     if hub_forwarded is None:
         hub_forwarded = expected_forwarded()
     assert len(through_hub) == len(direct)
-    for hub_response, direct_response in zip(through_hub, direct):
+    for hub_response, direct_response in zip(through_hub, direct, strict=True):
         set_forwarded_aside(hub_response, direct_response, hub_forwarded, direct_forwarded or {})
     assert_same_views(through_hub, direct)
 

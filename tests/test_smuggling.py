@@ -321,7 +321,7 @@ def test_accepted(rig, raw, expected):
     assert [response.body for response in answer.responses] == [b"ok"] * len(expected)
     received = rig.forwarded_since(mark)
     assert len(received) == len(expected), received
-    for forwarded, request in zip(expected, received):
+    for forwarded, request in zip(expected, received, strict=True):
         forwarded.check(request)
 
 
@@ -466,7 +466,7 @@ def test_mutated_requests_are_refused_or_framed_as_a_strict_parser_reads_them(ri
     assert len(refusals) <= 1 and all(status >= 400 for status in refusals), statuses
     assert not refusals or answer.closed, "a refusal left the connection open"
     assert len(forwarded) <= len(reference), (forwarded, reference, ending)
-    for received, expected in zip(forwarded, reference):
+    for received, expected in zip(forwarded, reference, strict=False):
         assert same(received, expected), (received, expected)
     if len(forwarded) < len(reference):
         # Stricter than h11 is allowed, but only by refusing.

@@ -35,6 +35,16 @@ def send_now(transport) -> None:
     by the reactor, which then closes the connection as usual.  A
     connection being closed is left to the reactor, which must see its
     buffer drain to close it.
+
+    C{doWrite} is public (L{IWriteDescriptor}) but meant for the reactor;
+    Twisted has no public way to say "send now", and none to tell whether
+    a transport still holds bytes, which sending around its buffer would
+    need to keep order.  So this calls it, relying on (pinned by
+    tests/test_twisted_private.py) a TCP transport's C{doWrite}, called
+    directly, sending from the buffer C{write} filled, keeping what the
+    socket cannot take for the reactor, and returning without raising;
+    and on its C{disconnecting}, set by C{loseConnection}.  A transport
+    that is not a descriptor (TLS, a test's) is left to the reactor.
     """
     if IReadWriteDescriptor.providedBy(transport) and not transport.disconnecting:
         transport.doWrite()

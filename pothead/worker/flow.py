@@ -9,8 +9,13 @@ iterable is consumed only as fast as the connection drains: once the
 connection's buffer is full, the WSGI thread waits for it to empty before
 it takes the next chunk from the app.
 
-This module touches Twisted's private ``_WSGIResponse`` (to give the app's
-thread a handle on its request); ``tests/test_flow.py`` pins it.
+This module subclasses Twisted's private ``_WSGIResponse``: twisted.web.wsgi
+has no public hook for what is done here (its L{WSGIResource} builds a
+``_WSGIResponse`` and nothing else), and the alternative, a WSGI gateway
+of pothead's own, would copy its environ, its checks on C{start_response}
+and its error handling.  What L{_PromptResponse} relies on is listed in
+its docstring and pinned by ``tests/test_twisted_private.py``; every
+private Twisted name pothead uses is in ``docs/twisted.md``.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from threading import Lock
 from typing import Any, Callable, Iterable, Iterator
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.interfaces import IPushProducer, IReactorFromThreads
 from twisted.internet.threads import blockingCallFromThread
 from twisted.logger import Logger
 from twisted.web.server import NOT_DONE_YET, Request
@@ -39,6 +44,7 @@ UNGATED_BYTES = 256 * 1024
 _log = Logger()
 
 
+@implementer(IReactorFromThreads)
 class BatchedCalls:
     """
     The reactor as the app's threads see it: calls they hand to the
@@ -50,6 +56,10 @@ class BatchedCalls:
     and trades the GIL with the app's thread once; batched, the reactor
     usually wakes once, after the thread is done.  A lone chunk of a
     streamed response still goes out as soon as the reactor is free.
+
+    It is the whole of L{IReactorFromThreads}, and is given as the
+    reactor to L{_PromptResponse} and to C{blockingCallFromThread}, which
+    use nothing else of it (tests/test_twisted_private.py pins that).
     """
 
     def __init__(self, reactor: Any) -> None:
@@ -176,6 +186,24 @@ class _PromptResponse(_WSGIResponse):
     told at once about a chunk that is not bytes.  Past UNGATED_BYTES every
     write waits again, so a fast app can never queue more than that, and
     L{WriteGate} takes over.
+
+    No public API can do this, so it stays a subclass of twisted.web.wsgi's
+    private C{_WSGIResponse}, relying on (each pinned by name in
+    tests/test_twisted_private.py):
+
+      - its constructor, C{(reactor, threadpool, application, request)},
+        which builds C{environ} (a C{dict} this class adds keys to
+        before C{start}) and sets C{started}, C{reactor} and C{request};
+      - C{run}, called in the app's thread by C{start} through
+        C{threadpool.callInThread}, calling C{self.write} for each chunk
+        (C{start_response} returns C{self.write} too), then handing the
+        finish to C{self.reactor.callFromThread} and setting C{started};
+      - C{write}, the waiting write, used past UNGATED_BYTES;
+      - C{started}, read and set in the app's thread: whether the
+        status and headers have been handed to the request;
+      - C{_sendResponseHeaders()}, called in the reactor thread to put
+        the app's status and headers on the request before its first
+        write.
     """
 
     _unwaited = 0
@@ -214,10 +242,14 @@ class FlowControlledWSGIResource(WSGIResource):
 
     def __init__(self, reactor: Any, threadpool: Any, application: Any) -> None:
         super().__init__(reactor, threadpool, application)
+        # Kept here rather than read back from WSGIResource's private
+        # attributes.
+        self._pool = threadpool
+        self._app = application
         self._calls = BatchedCalls(reactor)
 
     def render(self, request: Request) -> int:
-        response = _PromptResponse(self._calls, self._threadpool, self._application, request)
+        response = _PromptResponse(self._calls, self._pool, self._app, request)
         response.environ[GATE_KEY] = WriteGate(self._calls, request)
         response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
         slot = getattr(request.channel, "attach_factory", None)

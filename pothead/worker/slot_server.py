@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 import sys
 from io import BytesIO
+from typing import Iterator
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.internet.defer import Deferred
@@ -54,6 +55,37 @@ SLOT_LIMITS = MessageLimits(
 _HOST = re.compile(rb"^\[?(.*?)\]?(:\d+)?$")
 
 
+class RequestHeaders:
+    """
+    A request's headers, read-only, as the public API of twisted.web's
+    L{Headers} gives them to C{twisted.web.wsgi}: what it calls of them,
+    C{getAllRawHeaders}, and nothing else.
+
+    A view of the head's fields, not a copy: building a real L{Headers}
+    (each name canonicalised and checked again, each value sanitised, all
+    of which llhttp has already done) cost about 1.5 us more per request
+    in a micro-benchmark, this view nothing measurable (docs/twisted.md).
+    tests/test_twisted_private.py pins that twisted.web.wsgi calls nothing
+    else of it.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: list[tuple[bytes, bytes]]) -> None:
+        self._fields = fields
+
+    def getAllRawHeaders(self) -> Iterator[tuple[bytes, list[bytes]]]:
+        """
+        Each name once with all its values in order, as C{Headers} gives
+        them; names are lower case rather than canonical, which the WSGI
+        environ, upper-casing them, cannot tell apart.
+        """
+        grouped: dict[bytes, list[bytes]] = {}
+        for name, value in self._fields:
+            grouped.setdefault(name.lower(), []).append(value)
+        return iter(grouped.items())
+
+
 class WSGIRequest(ServerRequest):
     """
     One request from the hub, as C{twisted.web.wsgi} reads a
@@ -65,6 +97,10 @@ class WSGIRequest(ServerRequest):
     Unlike twisted.web's, a request is handed to the app as soon as its
     head is read, its body (C{content}, C{wsgi.input}) read by the app as
     it arrives (L{BodyPipe}).
+
+    What twisted.web.wsgi reads of it, and that the environ it builds is
+    the one it builds from twisted.web's own request, is pinned by
+    tests/test_twisted_private.py (docs/twisted.md).
     """
 
     streams_body = True
@@ -119,19 +155,12 @@ class WSGIRequest(ServerRequest):
         return values[-1] if values else None
 
     @property
-    def requestHeaders(self) -> WSGIRequest:
-        return self
-
-    def getAllRawHeaders(self):
+    def requestHeaders(self) -> RequestHeaders:
         """
-        The request's headers, each name once with all its values, as
-        twisted.web's C{Headers} gives them (names need not be canonical:
-        the WSGI environ upper-cases them).
+        The request's headers, as twisted.web.wsgi reads them: read once
+        per request, for the environ's C{HTTP_*} keys.
         """
-        grouped: dict[bytes, list[bytes]] = {}
-        for name, value in self.head.fields:
-            grouped.setdefault(name.lower(), []).append(value)
-        return grouped.items()
+        return RequestHeaders(self.head.fields)
 
     def getRequestHostname(self) -> bytes:
         if self.head.host is not None:
