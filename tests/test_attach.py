@@ -17,7 +17,7 @@ from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
 from pothead.hub.pool import Pool
 from pothead.tokens import TokenCheck
-from pothead.worker.attach_client import AttachFactory
+from pothead.worker.attach_client import WorkerSlot
 from pothead.worker.slot_server import SlotServer
 from tests.harness import InThisThread
 
@@ -254,7 +254,7 @@ def worker_connection():
     clock = Clock()
     now = InThisThread()
     server = SlotServer(WSGIResource(now, now, hello), clock)
-    client = AttachFactory(server, "default", "tok", "me/1/0", 3.0, clock).buildProtocol(None)
+    client = WorkerSlot(server, "default", "tok", "me/1/0", 3.0, clock).buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4040))
     client.makeConnection(transport)
     return client, transport, clock

@@ -211,7 +211,7 @@ async def test_consumer_gone_while_served_drops_that_slot(running_hub):
 
     service = await running_hub.add_worker(app)
     (first_slot,) = running_hub.pool.slots
-    connections = service.factories[0].clients
+    connections = service.slots[0].clients
     (first_connection,) = connections
     client = Client()
     try:

@@ -125,7 +125,7 @@ async def test_tcp_keepalive_and_nodelay_on_hub_and_worker_sockets(running_hub):
 
     service = await running_hub.add_worker(echo_path)
     (slot,) = running_hub.pool.slots
-    (client,) = service.factories[0].clients
+    (client,) = service.slots[0].clients
     consumer = socket.create_connection(("127.0.0.1", running_hub.consumer_port), timeout=5)
     try:
         await wait_for(lambda: running_hub.consumer_transports(), what="the consumer connection")

@@ -24,19 +24,38 @@ from zope.interface import implementer
 
 from pothead.worker.body_pipe import HIGH_WATER
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
-from pothead.worker.slot_server import SlotServer, WSGIRequest
+from pothead.worker.slot_server import SlotServer, Unattached, WSGIRequest
 from tests.harness import InThisThread, wait_for
 from tests.loopback import Raw, received_without_reactor
 
 PEER = IPv4Address("TCP", "127.0.0.1", 4040)
 
 
-def served(factory, request: bytes, transport: StringTransport | None = None) -> tuple[bytes, StringTransport]:
+class Attached(Unattached):
     """
-    What C{factory}'s protocol answers to C{request}, the app run at once.
+    An attachment that records when its channel turns idle, and may be
+    detaching.
+    """
+
+    def __init__(self, detaching: bool = False) -> None:
+        self.idle: list[bool] = []
+        self._detaching = detaching
+
+    def channel_idle(self) -> None:
+        self.idle.append(True)
+
+    def detaching(self) -> bool:
+        return self._detaching
+
+
+def served(factory, request: bytes, transport: StringTransport | None = None,
+           attachment: Attached | None = None) -> tuple[bytes, StringTransport]:
+    """
+    What C{factory}'s protocol answers to C{request}, the app run at once;
+    on an attached connection if C{attachment} is given.
     """
     transport = transport or StringTransport(peerAddress=PEER)
-    channel = factory.buildProtocol(PEER)
+    channel = factory.buildProtocol(PEER) if attachment is None else factory.serve(attachment)
     channel.makeConnection(transport)
     channel.dataReceived(request)
     return transport.value(), transport
@@ -173,10 +192,10 @@ def test_finished_request_notifies_and_slot_turns_idle():
     """
     held = Held()
     server = SlotServer(held, Clock())
-    _, transport = served(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+    attachment = Attached()
+    _, transport = served(server, b"GET / HTTP/1.1\r\nHost: h\r\n\r\n", attachment=attachment)
     (request,) = held.requests
-    idle: list[bool] = []
-    request.channel.on_idle = lambda: idle.append(True)
+    idle = attachment.idle
     outcome: list = []
     request.notifyFinish().addBoth(outcome.append)
     assert request.channel.busy
@@ -198,12 +217,11 @@ def test_detaching_slot_serves_no_request_sent_after_its_response():
     """
     held = Held()
     server = SlotServer(held, Clock())
-    _, transport = served(server, b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n")
+    attachment = Attached(detaching=True)
+    _, transport = served(server, b"GET /one HTTP/1.1\r\nHost: h\r\n\r\n", attachment=attachment)
     (request,) = held.requests
     channel = request.channel
-    idle: list[bool] = []
-    channel.on_idle = lambda: idle.append(True)
-    channel.detaching = lambda: True
+    idle = attachment.idle
     channel.dataReceived(b"GET /two HTTP/1.1\r\nHost: h\r\n\r\n")
     request.finish()
     assert [r.uri for r in held.requests] == [b"/one"] and idle == [True]
@@ -357,11 +375,14 @@ def test_answer_before_the_body_ends_drops_the_rest():
     """
     held = Held()
     server = SlotServer(held, Clock())
-    _, transport = served(server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nGET /")
+    attachment = Attached()
+    _, transport = served(
+        server, b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 10\r\n\r\nGET /",
+        attachment=attachment,
+    )
     (request,) = held.requests
-    idle: list[bool] = []
+    idle = attachment.idle
     channel = request.channel
-    channel.on_idle = lambda: idle.append(True)
     request.setResponseCode(413)
     request.finish()
     assert transport.value().startswith(b"HTTP/1.1 413 ")

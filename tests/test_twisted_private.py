@@ -262,7 +262,6 @@ def test_prompt_response_end_to_end():
     now = Now()
     request = twisted_request()
     channel = request.channel
-    channel.ticket = None
     FlowControlledWSGIResource(now, now, app).render(request)
     written = channel.transport.written.getvalue()
     pinned(written.endswith(b"\r\n\r\nhello world") and request.finished == 1,

@@ -109,7 +109,7 @@ class AttachClient(HeadReceiver):
             a timeout or a lost connection.  It never fails:
             L{ClientService} cannot take a failed preparation followed by the
             connection's end, so refusals back off through
-            L{AttachFactory.retry_delay} instead.
+            L{WorkerSlot.retry_delay} instead.
         """
         host = host_port(self.transport.getPeer(), unix="localhost")
         self._attached = Deferred()
@@ -133,11 +133,7 @@ class AttachClient(HeadReceiver):
             attached, self._attached = self._attached, None
             attached.callback(None)
             return
-        self._channel = self._server.buildProtocol(self.transport.getPeer())
-        self._channel.on_idle = self._channel_idle
-        self._channel.detaching = self._detaching
-        self._channel.ticket = self._ticket
-        self._channel.attach_factory = self.factory
+        self._channel = self._server.serve(self)
         self.switch_to(self._channel)
         attached, self._attached = self._attached, None
         attached.callback(None)
@@ -164,13 +160,27 @@ class AttachClient(HeadReceiver):
             self._detach()
         return closed
 
-    def _detaching(self) -> bool:
+    # The slot channel's Attachment.
+
+    @property
+    def ticket(self) -> object | None:
+        """This connection's admission ticket."""
+        return self._ticket
+
+    def detaching(self) -> bool:
         # A gated slot serves one job per admission.
         return self._draining or self.factory.admission.per_job
 
-    def _channel_idle(self) -> None:
-        if self._detaching():
+    def channel_idle(self) -> None:
+        if self.detaching():
             self._detach()
+
+    def app_call_started(self) -> None:
+        self.factory.app_call_started()
+
+    def app_call_ended(self) -> None:
+        # The slot's, not this connection's: the call may outlive it.
+        self.factory.app_call_ended()
 
     def _detach(self) -> None:
         # The notice is a requeue signal: should the hub have sent a request
@@ -237,9 +247,13 @@ def retry_delay(attempt: int) -> float:
     return min(0.1 * 2 ** (attempt - 2), MAX_RETRY_DELAY) * (0.5 + random.random())
 
 
-class AttachFactory(Factory):
+class WorkerSlot(Factory):
     """
-    Build an L{AttachClient} for each connection one slot opens.
+    One slot of the worker's capacity, kept attached across connections:
+    its L{ClientService} reconnects through it, and it builds an
+    L{AttachClient} for each connection, counts the app calls that run on
+    the slot (so that a new connection takes no job while one still runs),
+    and drains.
 
     :ivar clients: the slot's connections that are open now.
     :ivar draining: once set, new connections are refused, so a draining

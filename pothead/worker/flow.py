@@ -208,8 +208,14 @@ class _PromptResponse(_WSGIResponse):
 
     _unwaited = 0
 
-    #: Called in the reactor thread when the app call is over.
-    on_ended = staticmethod(lambda: None)
+    def __init__(self, reactor: Any, threadpool: Any, application: Any, request: Request,
+                 on_ended: Callable[[], None]) -> None:
+        """
+        :param on_ended: called in the reactor thread when the app call is
+            over.
+        """
+        super().__init__(reactor, threadpool, application, request)
+        self.on_ended = on_ended
 
     def run(self) -> None:
         try:
@@ -249,15 +255,21 @@ class FlowControlledWSGIResource(WSGIResource):
         self._calls = BatchedCalls(reactor)
 
     def render(self, request: Request) -> int:
-        response = _PromptResponse(self._calls, self._pool, self._app, request)
+        # A slot's channel has an attachment; a twisted.web channel (a
+        # resource served directly) has none.
+        attachment = getattr(request.channel, "attachment", None)
+        on_ended = _nothing if attachment is None else attachment.app_call_ended
+        response = _PromptResponse(self._calls, self._pool, self._app, request, on_ended)
         response.environ[GATE_KEY] = WriteGate(self._calls, request)
-        response.environ[TICKET_KEY] = getattr(request.channel, "ticket", None)
-        slot = getattr(request.channel, "attach_factory", None)
-        if slot is not None:
-            slot.app_call_started()
-            response.on_ended = slot.app_call_ended
+        response.environ[TICKET_KEY] = None if attachment is None else attachment.ticket
+        if attachment is not None:
+            attachment.app_call_started()
         response.start()
         return NOT_DONE_YET
+
+
+def _nothing() -> None:
+    pass
 
 
 def flow_controlled(app):

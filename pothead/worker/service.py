@@ -22,7 +22,7 @@ from twisted.logger import Logger
 
 from pothead.exit import exit_cleanly
 from pothead.worker.admission import FixedAdmission, IAdmission
-from pothead.worker.attach_client import AttachFactory
+from pothead.worker.attach_client import WorkerSlot
 from pothead.worker.environ import WSGIApp, behind_hub
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker.slot_server import SlotServer
@@ -72,18 +72,18 @@ class WorkerService(MultiService):
     def __init__(self, reactor, drain_timeout: float, admission: IAdmission) -> None:
         super().__init__()
         self.admission = admission
-        self.factories: list[AttachFactory] = []
+        self.slots: list[WorkerSlot] = []
         self._reactor = reactor
         self._drain_timeout = drain_timeout
 
     async def _drain(self) -> None:
-        drained = gatherResults([factory.drain() for factory in self.factories])
+        drained = gatherResults([slot.drain() for slot in self.slots])
         drained.addTimeout(self._drain_timeout, self._reactor)
         try:
             await drained
             exit_cleanly(self._reactor)
         except Exception:
-            left = [client for factory in self.factories for client in factory.clients]
+            left = [client for slot in self.slots for client in slot.clients]
             _log.warn(
                 "drain timed out after {timeout}s; cutting {busy} slots",
                 timeout=self._drain_timeout,
@@ -105,7 +105,7 @@ class WorkerService(MultiService):
         await MultiService.stopService(self)
 
     def stopService(self) -> Deferred[None]:
-        _log.info("draining {n} slots", n=len(self.factories))
+        _log.info("draining {n} slots", n=len(self.slots))
         return Deferred.fromCoroutine(self._stop())
 
 
@@ -161,14 +161,14 @@ def worker_service(
     server = slot_server(reactor, threads, app)
     endpoint = clientFromString(reactor, hub)
     for index in range(slots):
-        factory = AttachFactory(
+        slot = WorkerSlot(
             server, pool, token, slot_name(index), attach_timeout, reactor, admission
         )
-        service.factories.append(factory)
+        service.slots.append(slot)
         ClientService(
             endpoint,
-            factory,
-            retryPolicy=factory.retry_delay,
+            slot,
+            retryPolicy=slot.retry_delay,
             clock=reactor,
             prepareConnection=lambda client: client.prepare(),
         ).setServiceParent(service)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import sys
 from io import BytesIO
-from typing import Iterator
+from typing import Iterator, Protocol
 from urllib.parse import unquote_to_bytes as unquote
 
 from twisted.internet.defer import Deferred
@@ -263,23 +263,63 @@ class WSGIRequest(ServerRequest):
                 finished.errback(result)
 
 
+class Attachment(Protocol):
+    """
+    What a slot's channel needs of the attached connection it serves on
+    (L{pothead.worker.attach_client.AttachClient}).
+    """
+
+    #: The slot's admission ticket, told of each request by the app's
+    #: middleware (L{pothead.worker.flow.flow_controlled}); L{None} if the
+    #: slot is not gated.
+    ticket: object | None
+
+    def channel_idle(self) -> None:
+        """No request is in progress: a draining slot detaches now."""
+
+    def detaching(self) -> bool:
+        """Whether the slot detaches at its next idle moment."""
+
+    def app_call_started(self) -> None:
+        """The app was called for a request on this slot."""
+
+    def app_call_ended(self) -> None:
+        """That app call returned."""
+
+
+class Unattached:
+    """
+    The L{Attachment} of a channel served directly on a connection of its
+    own (tests, the benchmarks' container), not attached to a hub.
+    """
+
+    ticket = None
+
+    def channel_idle(self) -> None:
+        pass
+
+    def detaching(self) -> bool:
+        return False
+
+    def app_call_started(self) -> None:
+        pass
+
+    def app_call_ended(self) -> None:
+        pass
+
+
 class SlotChannel(ServerChannel):
     """
     The HTTP server a slot runs on its connection once attached, which
     says when it has no request in progress, so a draining slot can
     detach at that moment.
 
-    :ivar on_idle: called when no request is in progress.
-    :ivar detaching: whether the slot detaches at its next idle moment.
-
-    :ivar ticket: the slot's admission ticket, for the app's middleware.
-    :ivar attach_factory: the slot, told when app calls start and end.
+    :ivar attachment: the attached connection it serves on.
     """
 
-    on_idle = staticmethod(lambda: None)
-    detaching = staticmethod(lambda: False)
-    ticket = None
-    attach_factory = None
+    def __init__(self, factory: SlotServer, attachment: Attachment) -> None:
+        super().__init__(factory)
+        self.attachment = attachment
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -289,7 +329,7 @@ class SlotChannel(ServerChannel):
         self.secure = ISSLTransport.providedBy(self.transport)
 
     def answered(self, request: ServerRequest) -> None:
-        if self.detaching():
+        if self.attachment.detaching():
             # A slot that detaches once idle serves nothing more.  The hub
             # had the response at its last byte and may have sent its next
             # request already: the detach notice answers that one, as a
@@ -298,7 +338,7 @@ class SlotChannel(ServerChannel):
         super().answered(request)
 
     def idle(self) -> None:
-        self.on_idle()
+        self.attachment.channel_idle()
 
 
 class SlotServer(Factory):
@@ -320,7 +360,12 @@ class SlotServer(Factory):
         self.clock = reactor
 
     def buildProtocol(self, addr) -> SlotChannel:
-        return SlotChannel(self)
+        """A channel served directly, not attached to a hub."""
+        return SlotChannel(self, Unattached())
+
+    def serve(self, attachment: Attachment) -> SlotChannel:
+        """The channel for a connection that has just attached."""
+        return SlotChannel(self, attachment)
 
     def handle(self, request: WSGIRequest) -> None:
         if request.content is None:
