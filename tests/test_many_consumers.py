@@ -18,6 +18,9 @@ import socket
 import subprocess
 import sys
 from collections import Counter
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -53,13 +56,15 @@ def can_set_hard_limit(hard: int) -> bool:
     return subprocess.run([sys.executable, "-c", trial], capture_output=True, timeout=30).returncode == 0
 
 
-def busy_hub(tmp_path, hard: int, *argv: str):
+@contextmanager
+def busy_hub(tmp_path, hard: int, *argv: str) -> Iterator[tuple[Twistd, int, socket.socket, Path]]:
     """
     A hub with the descriptor limits (1024, C{hard}), a one-slot worker,
-    and a request holding the slot until the file C{gate} exists.
+    and a request holding the slot until the file C{gate} exists; all
+    stopped at the end.
 
-    :return: the hub, the worker, the consumer port, the held request's
-        socket, and the gate.
+    :return: the hub, the consumer port, the held request's socket, and
+        the gate.
     """
     if not can_set_hard_limit(hard):
         pytest.skip(f"cannot give the hub a hard descriptor limit of {hard}")
@@ -71,12 +76,20 @@ def busy_hub(tmp_path, hard: int, *argv: str):
         f"tcp:127.0.0.1:{worker_port}", "--slots", "1", cwd=tmp_path,
         env={"POTHEAD_TEST_LOG": str(tmp_path / "calls"), "PYTHONPATH": os.getcwd()},
     )
-    hub.wait_for(r"attached to pool default")
     gate = tmp_path / "gate"
-    held = socket.create_connection(("127.0.0.1", consumer), timeout=30)
-    held.sendall(b"GET /?gate=%s HTTP/1.1\r\nHost: crowd\r\n\r\n" % str(gate).encode())
-    wait_until((tmp_path / "calls").exists, what="the held request to reach the worker")
-    return hub, worker, consumer, held, gate
+    held = None
+    try:
+        hub.wait_for(r"attached to pool default")
+        held = socket.create_connection(("127.0.0.1", consumer), timeout=30)
+        held.sendall(b"GET /?gate=%s HTTP/1.1\r\nHost: crowd\r\n\r\n" % str(gate).encode())
+        wait_until((tmp_path / "calls").exists, what="the held request to reach the worker")
+        yield hub, consumer, held, gate
+    finally:
+        gate.touch()
+        if held is not None:
+            held.close()
+        worker.stop(signal.SIGKILL)
+        hub.stop()
 
 
 def log_lines(hub: Twistd) -> list[str]:
@@ -92,8 +105,7 @@ def test_crowd_over_the_soft_limit_all_answered(tmp_path, crowd_room):
     other 500 get 503 with Retry-After at once.  No reset, no silent
     close, no EMFILE, a few log lines.
     """
-    hub, worker, port, held, gate = busy_hub(tmp_path, 8192)
-    try:
+    with busy_hub(tmp_path, 8192) as (hub, port, held, gate):
         line = hub.wait_for(r"descriptors: .* limit (\d+) \(was 1024, hard 8192\)")[0]
         assert int(line.group(1)) > 2 * CROWD
 
@@ -108,11 +120,6 @@ def test_crowd_over_the_soft_limit_all_answered(tmp_path, crowd_room):
         refused = next(c.received for c in consumers if c.outcome == 503)
         assert b"\r\nRetry-After: 5\r\n" in refused
         assert held.recv(65536).startswith(b"HTTP/1.1 200 ")
-    finally:
-        gate.touch()
-        held.close()
-        worker.stop(signal.SIGKILL)
-        hub.stop()
     lines = log_lines(hub)
     assert "Too many open files" not in hub.output and "EMFILE" not in hub.output, hub.output
     assert len(lines) <= MAX_LOG_LINES, "\n".join(lines)
@@ -126,8 +133,7 @@ def test_crowd_at_a_low_hard_limit_waits_in_the_backlog(tmp_path, crowd_room):
     leaves the rest in the listen backlog: every consumer is served in
     turn, none reset, none refused for want of a descriptor.
     """
-    hub, worker, port, held, gate = busy_hub(tmp_path, 1024)
-    try:
+    with busy_hub(tmp_path, 1024) as (hub, port, held, gate):
         warning = hub.wait_for(
             r"descriptors: --max-connections \d+ and --max-slots \d+ need (\d+) descriptors "
             r"but the hard limit is 1024; holding (\d+) consumer connections"
@@ -142,11 +148,6 @@ def test_crowd_at_a_low_hard_limit_waits_in_the_backlog(tmp_path, crowd_room):
         consumers = crowd(port, REQUEST % 0, CROWD, timeout=180, waiting=release_at_the_limit)
         outcomes = Counter(consumer.outcome for consumer in consumers)
         assert outcomes == {200: CROWD}, outcomes
-    finally:
-        gate.touch()
-        held.close()
-        worker.stop(signal.SIGKILL)
-        hub.stop()
     lines = log_lines(hub)
     assert "Too many open files" not in hub.output, hub.output
     assert len(lines) <= MAX_LOG_LINES, "\n".join(lines)
@@ -160,10 +161,9 @@ def test_idle_connections_make_room_not_busy_ones(tmp_path):
     through its request head, nothing may be closed: the next one waits
     in the backlog until a connection goes idle.
     """
-    hub, worker, port, held, gate = busy_hub(
+    with busy_hub(
         tmp_path, 8192, "--max-connections", "3", "--max-queue", "1",
-    )
-    try:
+    ) as (hub, port, held, gate):
         first = socket.create_connection(("127.0.0.1", port), timeout=30)
         second = socket.create_connection(("127.0.0.1", port), timeout=30)
         for n, connection in enumerate((first, second)):
@@ -196,8 +196,3 @@ def test_idle_connections_make_room_not_busy_ones(tmp_path):
         assert waiting.recv(65536).startswith(b"HTTP/1.1 200 ")
         newcomer.sendall(b"Host: crowd\r\n\r\n")
         assert newcomer.recv(65536).startswith(b"HTTP/1.1 200 ")
-    finally:
-        gate.touch()
-        held.close()
-        worker.stop(signal.SIGKILL)
-        hub.stop()

@@ -133,22 +133,19 @@ class AttachServer(HeadReceiver):
 
     parser_class = HttpRequestParser
 
-    def __init__(
-        self,
-        pools: Mapping[str, Pool],
-        token_check: TokenCheck,
-        limits: Limits,
-        clock: IReactorTime,
-        connections: ConnectionLimit,
-    ) -> None:
+    def __init__(self, port: WorkerPortFactory) -> None:
+        """
+        :param port: the worker port it came in on, with the hub's pools,
+            token, limits, clock and worker connection limit.
+        """
         super().__init__()
-        self._pools = pools
-        self._token_check = token_check
-        self._limits = limits
-        self.timeout = limits.attach_timeout
-        self.quiet_timeout = limits.quiet_timeout
-        self.callLater = clock.callLater
-        self._connections = connections
+        self._pools = port.pools
+        self._token_check = port.token_check
+        self._limits = port.limits
+        self.timeout = port.limits.attach_timeout
+        self.quiet_timeout = port.limits.quiet_timeout
+        self.callLater = port.clock.callLater
+        self._connections = port.connections
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -232,10 +229,14 @@ class WorkerPortFactory(Factory):
         clock: IReactorTime,
         connections: ConnectionLimit,
     ) -> None:
-        self._args = (pools, token_check, limits, clock, connections)
+        self.pools = pools
+        self.token_check = token_check
+        self.limits = limits
+        self.clock = clock
+        self.connections = connections
 
     def buildProtocol(self, addr) -> AttachServer:
-        return AttachServer(*self._args)
+        return AttachServer(self)
 
 
 class LegacyWorkerFactory(Factory):
