@@ -1,7 +1,7 @@
 """
 pothead's worker container without the hub: the app served on a plain TCP
 port by the very server a pothead worker's slots run (pothead's HTTP/1.1
-server, twisted.web.wsgi's FlowControlledWSGIResource, a thread pool of N
+server, pothead's FlowControlledWSGIResource (on twisted.web.wsgi), a thread pool of N
 threads).
 
 The ``container`` system of the suite: what pothead would cost if the hub

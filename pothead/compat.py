@@ -45,7 +45,7 @@ def _hub_endpoint(address: str) -> str:
 
 def worker_argv(argv: Sequence[str], environ: dict[str, str] = os.environ) -> list[str]:
     """
-    The twistd command line for 0.4.3's ``pothead.worker.service`` arguments.
+    The twistd command line for 0.4.3's ``pothead.worker`` arguments.
     """
     parser = ArgumentParser(
         prog="python3 -m pothead.worker",

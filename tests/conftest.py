@@ -1,5 +1,5 @@
 """
-Shared fixtures: a hub and a worker running in the test's reactor on
+Shared fixtures: a hub (no workers) running in the test's reactor on
 127.0.0.1, and a check that no test leaves timers behind; and the rule
 that every test belongs to exactly one tier (see tests/README.md).
 

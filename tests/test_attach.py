@@ -8,6 +8,7 @@ import pytest
 from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs, formatEvent
 from twisted.python.failure import Failure
 from twisted.web.wsgi import WSGIResource
 
@@ -303,12 +304,16 @@ def test_worker_attach_refused(answer):
 
 def test_worker_attach_timeout():
     """
-    A hub that never answers the attach fails it after the timeout.
+    A hub that never answers the attach fails it after the timeout, and
+    the worker's log says the hub did not answer in time.
     """
     client, transport, clock = worker_connection()
     attached = client.attach()
-    clock.advance(3.1)
+    with capturedLogs() as events:
+        clock.advance(3.1)
     assert transport.disconnecting
+    lines = [formatEvent(event) for event in events]
+    assert "slot me/1/0 not attached: no answer from hub within 3s (--attach-timeout)" in lines
     client.connectionLost(Failure(ConnectionError()))
     assert attached.called and client._channel is None
     assert client.factory.refusals == 1

@@ -94,6 +94,11 @@ def field(line: bytes) -> bytes:
     case(field(b"X-Big: " + b"a" * (2 * 1024 * 1024)), "2-mib-field-line"),
     case(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n",
          "chunk-size-zz"),
+    # Codings the hub would strip the name of but not undo: the consumer
+    # would get coded bytes as the body.
+    case(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nok", "gzip-until-close"),
+    case(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+         "gzip-then-chunked"),
 ])
 def test_malformed_response_is_answered_502(hub, answer):
     """A malformed worker response is answered 502 (no byte of it relayed), its slot dropped, and the hub goes on serving."""

@@ -145,13 +145,12 @@ def test_head_keeps_every_header_in_order():
     [
         b"HTTP/1.1 200 OK\r\n\r\nuntil close",
         b"HTTP/1.0 200 OK\r\n\r\nuntil close",
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nuntil close",
     ],
 )
 def test_body_without_length_is_read_until_close(data):
     """
-    A body with no length, or a transfer coding other than chunked, runs
-    until the worker closes the connection, which completes it.
+    A body with no length runs until the worker closes the connection,
+    which completes it.
     """
     parsed = parse(data)
     assert parsed.head.keep_alive is False and parsed.head.content_length is None
@@ -214,6 +213,27 @@ def test_malformed_response_is_refused(data):
     """
     with pytest.raises(BadResponse):
         parse(data)
+
+
+@pytest.mark.parametrize("coding", [b"gzip", b"gzip, chunked", b"chunked, gzip", b"identity"])
+def test_transfer_codings_other_than_chunked_are_refused(coding):
+    """
+    A body under a transfer coding other than chunked alone is refused:
+    llhttp does not undo the coding, and Transfer-Encoding is not relayed,
+    so the consumer would take coded bytes for the body.
+    """
+    with pytest.raises(BadResponse, match="transfer codings"):
+        parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: %s\r\n\r\n0\r\n\r\n" % coding)
+
+
+def test_transfer_coding_on_a_response_without_body_is_relayed():
+    """
+    A HEAD, 204 or 304 response has no body to decode: its
+    Transfer-Encoding is only dropped, as a hop-by-hop header.
+    """
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+    assert parse(head, method=b"HEAD").head.code == 200
+    assert parse(b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: gzip\r\n\r\n").head.code == 304
 
 
 def test_many_interim_responses_are_skipped():

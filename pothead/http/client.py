@@ -25,7 +25,7 @@ from typing import Protocol
 from httptools import HttpResponseParser
 
 from pothead.http.llhttp import feed
-from pothead.http.message import BadMessage, field_tokens, field_values
+from pothead.http.message import NO_BODY_CODES, BadMessage, field_tokens, field_values
 
 #: The longest response head the hub reads (interim responses before it
 #: included).
@@ -54,7 +54,8 @@ def request_head(
     POST), then every header in order.
 
     The method and target are sent as the consumer's request had them:
-    L{pothead.http.request} accepted only a token and a target of visible ASCII.
+    llhttp (L{pothead.http.llhttp}) accepted only a method it knows and a
+    target of visible ASCII.
     """
     lines = [method + b" " + target + b" HTTP/1.1\r\n"]
     if body_length is not None:
@@ -262,7 +263,18 @@ class ResponseReader:
         if lengths:
             # llhttp has refused anything but one decimal number.
             head.content_length = b"%d" % (int(lengths[0]),)
-        chunked = _is_chunked(head.values(b"transfer-encoding"))
+        codings = head.values(b"transfer-encoding")
+        chunked = _is_chunked(codings)
+        if codings and not self._head_only and code not in NO_BODY_CODES and (
+            head.tokens(b"transfer-encoding") != {b"chunked"}
+        ):
+            # llhttp takes the chunks off (or reads to the close), but not
+            # a gzip or other coding under them; and Transfer-Encoding is
+            # not relayed: the consumer would get coded bytes presented
+            # as the body itself.
+            raise BadResponse(
+                f"transfer codings {b', '.join(codings).decode('latin-1')!r} not supported"
+            )
         self._until_close = not lengths and not chunked
         if not self._expected:
             self._receiver.unsolicited(head)

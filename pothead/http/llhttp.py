@@ -7,10 +7,10 @@ obs-fold, bare CR or LF line ends, control bytes in names and values,
 invalid, duplicate or overflowing ``Content-Length``, ``Transfer-Encoding``
 beside ``Content-Length``, and malformed chunks and trailers, which are
 what request smuggling is built from.  pothead's parsers are thin
-protocols around it (see C{shared/LLHTTP.md} for what it does and does not
-do): its callbacks build heads and hand on bodies, and may refuse with a
-L{BadMessage} of their own; L{feed} turns either kind of refusal into that
-one exception.
+protocols around it (see docs/architecture.md, "What parses what", for
+what it does and does not do): its callbacks build heads and hand on
+bodies, and may refuse with a L{BadMessage} of their own; L{feed} turns
+either kind of refusal into that one exception.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """
-What both of the hub's sides know of HTTP/1.1 messages once llhttp has
+What pothead's readers of HTTP/1.1 messages share once llhttp has
 parsed them (L{pothead.http.llhttp}): the error a malformed one raises, and how
 to read their header fields.
 """
@@ -12,7 +12,7 @@ NO_BODY_CODES = (204, 304)
 
 class BadMessage(ValueError):
     """
-    Bytes that are not a valid HTTP/1.1 message, or one the hub refuses.
+    Bytes that are not a valid HTTP/1.1 message, or one pothead refuses.
     """
 
 

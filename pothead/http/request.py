@@ -6,8 +6,8 @@ a request line, header line or body that is not strict HTTP/1.1 never gets
 this far.  What llhttp accepts and a front door must still refuse is
 decided here, each with the status code it deserves: several ``Host``
 headers (a worker must not have to guess which counts) or none in
-HTTP/1.1, a transfer coding
-in an HTTP/1.0 request or one other than ``chunked`` (501), any HTTP
+HTTP/1.1, a transfer coding in an HTTP/1.0 request or one that does not
+end in ``chunked``, another coding before ``chunked`` (501), any HTTP
 version but 1.0 and 1.1 (505), ``CONNECT`` (the hub is no forward proxy),
 and an absolute-form target, whose authority becomes the ``Host`` the
 worker sees (RFC 9112 section 3.2.2) so that the two cannot disagree.
@@ -132,8 +132,8 @@ def request_head(
         # target names its host itself.)
         raise BadRequest("HTTP/1.1 request without Host")
     if codings:
-        # llhttp has refused Transfer-Encoding beside Content-Length, and a
-        # request whose last coding is not chunked.
+        # llhttp has refused Transfer-Encoding beside Content-Length; a last
+        # coding other than chunked it refuses only after this runs.
         if version == "1.0":
             raise BadRequest("Transfer-Encoding in an HTTP/1.0 request")
         if codings[-1] != b"chunked":

@@ -7,9 +7,10 @@ twisted.web's channel and request objects cost about 4.5 kB per
 connection and, through their general-purpose machinery, about half of a
 request's handling time on either side; a queued job is mostly a consumer
 connection waiting, and the hub may hold thousands.  This server keeps
-what both sides need: the request as sent, its body spooled, every limit
-with its status code, and the response written with the client's own
-framing.  What is done with a request is its factory's business.
+what both sides need: the request as sent, its body spooled (or, on a
+slot, handed on as it arrives), every limit with its status code, and the
+response written with the client's own framing.  What is done with a
+request is its factory's business.
 
 Every byte a client sends is parsed by llhttp (L{pothead.http.llhttp}); what
 is pothead's own is policy (L{pothead.http.request}, the limits, the timeouts,
@@ -248,8 +249,9 @@ class RequestHandler(TypingProtocol):
 
     def handle(self, request: ServerRequest) -> None:
         """
-        C{request} arrived whole, its body (if any) spooled and rewound;
-        answer it, now or later, through its response methods.
+        C{request} arrived whole, its body (if any) spooled and rewound (or,
+        for a request class that streams bodies, its head arrived); answer
+        it, now or later, through its response methods.
         """
 
     def answered(self, request: ServerRequest) -> None:
@@ -376,8 +378,7 @@ class ServerChannel(Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         fields = self._fields
         if fields is None:
-            # A chunked body's trailer: neither side of the hub passes
-            # trailers on.
+            # A chunked body's trailer: pothead passes no trailers on.
             return
         self._head_size += len(name) + len(value) + 4
         if self._head_size + len(self._url) > self.limits.max_header_bytes:
@@ -621,7 +622,7 @@ class ServerChannel(Protocol):
 
 
 #: How many requests a connection may have waiting behind the one being
-#: answered before the hub stops reading from it.
+#: answered before the channel stops reading from it.
 MAX_PIPELINED = 16
 
 

@@ -289,9 +289,9 @@ class Job:
 
     def _settle(self) -> None:
         """
-        The job is over, or its worker has started answering: its timer
-        (the request deadline, or the stall watch once the response is
-        being relayed) stops.
+        The job is over, or goes back to the queue: its timer (the request
+        deadline, or the stall watch once the response is being relayed)
+        stops.
         """
         if self._timer is not None and self._timer.active():
             self._timer.cancel()

@@ -158,8 +158,9 @@ class Options(usage.Options):
 
 def makeService(config: Options) -> HubService:
     """
-    One listener per ``--consumer`` and ``--worker`` endpoint, all serving
-    the same hub, within the descriptors the process can have.
+    One listener per ``--consumer``, ``--worker`` and ``--legacy-worker``
+    endpoint, all serving the same hub, within the descriptors the process
+    can have.
     """
     from twisted.internet import reactor
 

@@ -171,14 +171,14 @@ class CpuAdmission:
     :param inertia: smoothing of the readings, from 0 (none) to 1.
 
     The count, the waiting list and the readings are shared with other
-    threads: L{try_admit} runs in the app's threads (the pool's, under
-    C{--poll-jobs}), and a ticket's C{done()} comes from the reactor or the
-    app.  A L{threading.Lock} guards them rather than C{callFromThread}
-    to the reactor, since L{try_admit} must answer its caller at once and
-    C{wait_for_idle_cpus} may run with no reactor at all.  It is held for one
-    decision and the count it changes, so that two threads cannot both take
-    the last room; L{Deferred}s fire outside it, so that their callbacks may
-    call back in.
+    threads: L{try_admit} runs in the thread that calls the gate (one of
+    the reactor's thread pool under C{--poll-jobs}), and a ticket's
+    C{done()} comes from the reactor or the app.  A L{threading.Lock}
+    guards them rather than C{callFromThread} to the reactor, since
+    L{try_admit} must answer its caller at once and C{wait_for_idle_cpus}
+    may run with no reactor at all.  It is held for one decision and the
+    count it changes, so that two threads cannot both take the last room;
+    L{Deferred}s fire outside it, so that their callbacks may call back in.
     """
 
     #: Every job is admitted anew.

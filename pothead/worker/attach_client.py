@@ -209,6 +209,12 @@ class AttachClient(HeadReceiver):
         self._fail(f"bad answer from hub: {why}")
         super().head_failed(why)
 
+    def timeoutConnection(self) -> None:
+        # Silent or slow, it is the hub that did not answer in time.
+        why = f"no answer from hub within {self.timeout:g}s (--attach-timeout)"
+        self._fail(why)
+        super().head_failed(why)
+
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected_now = False
         self.factory.clients.discard(self)

@@ -270,12 +270,12 @@ class Attachment(Protocol):
     """
 
     #: The slot's admission ticket, told of each request by the app's
-    #: middleware (L{pothead.worker.flow.flow_controlled}); L{None} if the
-    #: slot is not gated.
+    #: middleware (L{pothead.worker.flow.flow_controlled}); L{None} on a
+    #: channel not attached to a hub (L{Unattached}).
     ticket: object | None
 
     def channel_idle(self) -> None:
-        """No request is in progress: a draining slot detaches now."""
+        """No request is in progress: a slot that detaches once idle goes now."""
 
     def detaching(self) -> bool:
         """Whether the slot detaches at its next idle moment."""
@@ -311,8 +311,8 @@ class Unattached:
 class SlotChannel(ServerChannel):
     """
     The HTTP server a slot runs on its connection once attached, which
-    says when it has no request in progress, so a draining slot can
-    detach at that moment.
+    says when it has no request in progress, so a slot that detaches
+    once idle (draining, or gated by admission) can do so at that moment.
 
     :ivar attachment: the attached connection it serves on.
     """
