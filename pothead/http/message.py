@@ -6,8 +6,26 @@ to read their header fields.
 
 from __future__ import annotations
 
+from http import HTTPStatus
+
 #: Statuses whose responses never have a body (RFC 9110 section 6.4.1).
 NO_BODY_CODES = (204, 304)
+
+#: Where RFC 9110 renamed a status that Python's L{HTTPStatus} still
+#: calls by its RFC 7231 name.
+_RFC_9110_PHRASES = {
+    413: "Content Too Large",
+    414: "URI Too Long",
+    416: "Range Not Satisfiable",
+    422: "Unprocessable Content",
+}
+
+
+def reason_phrase(code: int) -> bytes:
+    """
+    The reason phrase pothead sends with a status of its own (RFC 9110's).
+    """
+    return _RFC_9110_PHRASES.get(code, HTTPStatus(code).phrase).encode("ascii")
 
 
 class BadMessage(ValueError):

@@ -34,21 +34,11 @@ from twisted.web.http import datetimeToString
 from pothead.address import host_port
 from pothead.http.limits import MessageLimits
 from pothead.http.llhttp import feed
-from pothead.http.message import NO_BODY_CODES
+from pothead.http.message import NO_BODY_CODES, reason_phrase
 from pothead.http.request import BadRequest, RequestHead, request_head
 from pothead.http.sockets import send_now, tune_tcp
 
 _log = Logger()
-
-_STATUS_LINES = {
-    400: b"400 Bad Request",
-    408: b"408 Request Timeout",
-    413: b"413 Content Too Large",
-    414: b"414 URI Too Long",
-    431: b"431 Request Header Fields Too Large",
-    501: b"501 Not Implemented",
-    505: b"505 HTTP Version Not Supported",
-}
 
 #: Request bodies up to this size stay in memory; larger ones go to a
 #: temporary file.
@@ -602,7 +592,7 @@ class ServerChannel(Protocol):
         _log.info(
             "refused a request from {peer}: {status} ({why})",
             peer=host_port(self.transport.getPeer()),
-            status=_STATUS_LINES[code].decode(),
+            status=f"{code} {reason_phrase(code).decode()}",
             why=why,
         )
         self._refusal = (code, why)
@@ -613,10 +603,11 @@ class ServerChannel(Protocol):
 
     def _write_refusal(self) -> None:
         code, _ = self._refusal
-        body = _STATUS_LINES[code][4:] + b"\n"
+        phrase = reason_phrase(code)
+        body = phrase + b"\n"
         self.transport.write(
-            b"HTTP/1.1 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
-            b"Connection: close\r\n\r\n%s" % (_STATUS_LINES[code], len(body), body)
+            b"HTTP/1.1 %d %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+            b"Connection: close\r\n\r\n%s" % (code, phrase, len(body), body)
         )
         self.close()
 

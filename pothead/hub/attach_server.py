@@ -24,6 +24,7 @@ from pothead.attach import (
     HeadReceiver,
     header_tokens,
 )
+from pothead.http.message import reason_phrase
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
 from pothead.hub.pool import Pool
@@ -31,15 +32,6 @@ from pothead.hub.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
 
 _log = Logger()
-
-_REASONS = {
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    404: b"Not Found",
-    426: b"Upgrade Required",
-    503: b"Service Unavailable",
-}
-
 
 class AttachRefused(Exception):
     """
@@ -206,7 +198,7 @@ class AttachServer(HeadReceiver):
     def _refuse(self, refusal: AttachRefused) -> None:
         body = refusal.why.encode("utf-8") + b"\n"
         head = [
-            b"HTTP/1.1 %d %s" % (refusal.code, _REASONS[refusal.code]),
+            b"HTTP/1.1 %d %s" % (refusal.code, reason_phrase(refusal.code)),
             b"Content-Type: text/plain; charset=utf-8",
             b"Content-Length: %d" % (len(body),),
             b"Connection: close",

@@ -9,7 +9,6 @@ answer the consumer itself when no worker can.
 
 from __future__ import annotations
 
-from http import HTTPStatus
 from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
@@ -18,6 +17,7 @@ from twisted.logger import Logger
 from pothead.address import host_port
 from pothead.http.client import ResponseHead, request_head
 from pothead.http.headers import HOP_BY_HOP, forwarded_headers
+from pothead.http.message import reason_phrase
 from pothead.hub.body import BufferedBody, body_size
 from pothead.hub.limits import Limits
 
@@ -414,7 +414,7 @@ class Job:
             return
         request.answer(
             code,
-            HTTPStatus(code).phrase.encode("ascii"),
+            reason_phrase(code),
             [(b"Content-Type", b"text/plain; charset=utf-8"), *headers],
             (message + "\n").encode("utf-8"),
         )
