@@ -44,6 +44,11 @@ REQUEUE_HEADER = b"Pothead-Requeue"
 #: What a draining worker sends on an idle slot before it closes it: a
 #: requeue signal that also closes the connection.  If the hub sent a
 #: request at that moment, the notice answers it and the hub requeues it.
+#: On an attach request: to how many hubs the slot is offered at once.  A
+#: hub logs the attaches and detaches of such a slot, which come with
+#: every job another hub gives it, at debug level only.
+OFFERS_HEADER = b"Pothead-Offers"
+
 DETACH_NOTICE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     + REQUEUE_HEADER
@@ -180,7 +185,7 @@ class HeadReceiver(Protocol, TimeoutMixin):
 
 
 def attach_request(
-    host: str, pool: str, token: str | None, worker: str
+    host: str, pool: str, token: str | None, worker: str, offered_to: int = 1
 ) -> bytes:
     """
     The bytes a worker sends to attach one slot.
@@ -189,6 +194,10 @@ def attach_request(
     :param pool: which pool the slot joins.
     :param token: the hub's bearer token, if it requires one.
     :param worker: free text naming this slot, for the hub's logs.
+    :param offered_to: how many hubs the slot is offered to at once (late
+        binding); above 1 it is said in L{OFFERS_HEADER}, and the hub
+        expects the slot to be withdrawn and offered again with every job
+        another hub gives it.
     """
     lines = [
         b"GET " + ATTACH_PATH + quote(pool, safe="").encode("ascii") + b" HTTP/1.1",
@@ -200,6 +209,8 @@ def attach_request(
     if token:
         lines.append(b"Authorization: Bearer " + token.encode("utf-8"))
     lines.append(b"Pothead-Worker: " + worker.encode("utf-8", "replace"))
+    if offered_to > 1:
+        lines.append(OFFERS_HEADER + b": %d" % (offered_to,))
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

@@ -54,7 +54,7 @@ class RunningHub:
         Start a worker in this reactor and wait until all its slots are
         idle on the hub.
         """
-        service = worker_service(reactor, app, self.worker_endpoint, slots, **kwargs)
+        service = worker_service(reactor, app, [self.worker_endpoint], slots, **kwargs)
         expected = self.pool.idle + slots
         service.startService()
         self._workers.append(service)

@@ -20,6 +20,7 @@ from pothead.attach import (
     ATTACH_PATH,
     DEFAULT_POOL,
     HTTP11_ALPN,
+    OFFERS_HEADER,
     UPGRADE_TOKENS,
     HeadReceiver,
     header_tokens,
@@ -175,8 +176,13 @@ class AttachServer(HeadReceiver):
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
             b"Upgrade: " + upgrade + b"\r\nALPN: " + HTTP11_ALPN + b"\r\n\r\n"
         )
-        _log.info("worker {worker} attached to pool {pool}", worker=name, pool=pool.name)
-        self.switch_to(Slot(pool, name))
+        # A slot offered to several hubs comes and goes with every job
+        # another hub gives it: its attaches are not news.
+        late = header_tokens(headers, OFFERS_HEADER.lower()) not in ([], [b"1"])
+        (_log.debug if late else _log.info)(
+            "worker {worker} attached to pool {pool}", worker=name, pool=pool.name
+        )
+        self.switch_to(Slot(pool, name, offered_elsewhere=late))
 
     def head_malformed(self, why: str) -> None:
         self.setTimeout(None)

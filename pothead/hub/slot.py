@@ -47,9 +47,15 @@ class Slot(Protocol):
     #: (POTHEAD 0.4.3) does, whatever its response says.
     single_use = False
 
-    def __init__(self, pool: Pool[Job], worker: str) -> None:
+    def __init__(self, pool: Pool[Job], worker: str, offered_elsewhere: bool = False) -> None:
+        """
+        :param offered_elsewhere: whether the worker offers this slot to
+            other hubs too, and so withdraws it here whenever one of them
+            gives it a job.
+        """
         self.pool = pool
         self.worker = worker
+        self._offered_elsewhere = offered_elsewhere
         self.job: Job | None = None
         self._waiting: Deferred[Job] | None = None
         self._responses = ResponseReader(self)
@@ -85,7 +91,9 @@ class Slot(Protocol):
         notice, or a worker gone wrong.  The slot ends either way.
         """
         if is_requeue_signal(head):
-            _log.info("worker {worker} detached", worker=self.worker)
+            (_log.debug if self._offered_elsewhere else _log.info)(
+                "worker {worker} detached", worker=self.worker
+            )
             self._close()
             return
         _log.warn(

@@ -45,11 +45,12 @@ class AttachClient(HeadReceiver):
     parser_class = HttpResponseParser
 
     def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
-                 timeout: float, clock: IReactorTime) -> None:
+                 timeout: float, clock: IReactorTime, offered_to: int = 1) -> None:
         super().__init__()
         self._server = server
         self._pool = pool
         self._token = token
+        self._offered_to = offered_to
         self.name = name
         self.timeout = timeout
         self.callLater = clock.callLater
@@ -114,7 +115,9 @@ class AttachClient(HeadReceiver):
         host = host_port(self.transport.getPeer(), unix="localhost")
         self._attached = Deferred()
         self.setTimeout(self.timeout)
-        self.transport.write(attach_request(host, self._pool, self._token, self.name))
+        self.transport.write(
+            attach_request(host, self._pool, self._token, self.name, self._offered_to)
+        )
         return self._attached
 
     def head_received(self, status_line: bytes, headers: Headers) -> None:
@@ -126,9 +129,11 @@ class AttachClient(HeadReceiver):
             self.transport.loseConnection()
             return
         self.factory.refusals = 0
-        if self._draining:
+        if self._draining or not self.factory.free_for(self):
             # The hub counts this slot as attached already and may have sent
             # it a job: answer that with the detach notice, never a reset.
+            # (Taken by another hub's job meanwhile, the slot is offered
+            # here again once that job is done.)
             self._detach()
             attached, self._attached = self._attached, None
             attached.callback(None)
@@ -172,7 +177,30 @@ class AttachClient(HeadReceiver):
         return self._draining or self.factory.admission.per_job
 
     def channel_idle(self) -> None:
+        self.factory.release(self)
         if self.detaching():
+            self._detach()
+
+    def claim(self) -> bool:
+        """
+        A request arrived: serve it if the slot is free, and take the
+        slot's offers at other hubs back; else hand it back to this hub
+        with the detach notice (it lost the race to another hub's job).
+        """
+        if self.factory.claim(self):
+            return True
+        self._detach()
+        return False
+
+    def withdraw(self) -> None:
+        """
+        Another hub's job took this slot: take the offer back here.  Idle
+        and attached, it detaches now (a job this hub sends meanwhile is
+        answered by the notice, and requeued there); attaching, it detaches
+        when the hub answers; not yet attaching, it waits for the slot's
+        app call to end anyway (L{prepare}).
+        """
+        if self._channel is not None and not self._channel.busy:
             self._detach()
 
     def app_call_started(self) -> None:
@@ -218,6 +246,7 @@ class AttachClient(HeadReceiver):
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected_now = False
         self.factory.clients.discard(self)
+        self.factory.release(self)
         self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
         if self._admitting is not None:
             self._admitting.cancel()
@@ -269,14 +298,42 @@ class WorkerSlot(Factory):
 
     def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime,
-                 admission: IAdmission | None = None) -> None:
-        self._args = (server, pool, token, name, timeout, clock)
+                 admission: IAdmission | None = None, offered_to: int = 1) -> None:
+        """
+        :param offered_to: how many hubs the slot is offered to at once,
+            each through a connection of its own (late binding).
+        """
+        self._args = (server, pool, token, name, timeout, clock, offered_to)
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
         self.draining = False
         self.refusals = 0
         self._app_calls = 0
         self._app_idle: list[Deferred[None]] = []
+        self._serving: AttachClient | None = None
+
+    def claim(self, client: AttachClient) -> bool:
+        """
+        A request arrived on C{client}: whether the slot is free to serve
+        it.  If so, it is C{client}'s until its channel is idle again, and
+        its offers at the other hubs are withdrawn.
+        """
+        if not self.free_for(client):
+            return False
+        self._serving = client
+        for other in self.clients:
+            if other is not client:
+                other.withdraw()
+        return True
+
+    def free_for(self, client: AttachClient) -> bool:
+        """Whether no other connection of this slot serves a request now."""
+        return self._serving is None or self._serving is client
+
+    def release(self, client: AttachClient) -> None:
+        """C{client} serves no request now (idle, or gone)."""
+        if self._serving is client:
+            self._serving = None
 
     def app_call_started(self) -> None:
         """

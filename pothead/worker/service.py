@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Sequence
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
@@ -133,20 +134,26 @@ def slot_name(index: int) -> str:
 def worker_service(
     reactor,
     app: WSGIApp,
-    hub: str,
+    hubs: Sequence[str],
     slots: int,
     token: str | None = None,
     pool: str = "default",
     attach_timeout: float = DEFAULT_ATTACH_TIMEOUT,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     admission: IAdmission | None = None,
+    spread: str = "late",
 ) -> WorkerService:
     """
     A worker with C{slots} slots attached to the hub at C{hub}.
 
     :param reactor: the reactor to connect, schedule and call back with.
     :param app: the WSGI application to serve.
-    :param hub: a client endpoint string, e.g. C{tcp:127.0.0.1:4040}.
+    :param hubs: client endpoint strings of the hubs' worker ports, e.g.
+        C{tcp:127.0.0.1:4040}.
+    :param spread: with several hubs, C{"late"} offers every slot to every
+        hub through a connection each, and the first hub to send a job
+        has it (late binding: the other offers are withdrawn until the job
+        is done); C{"even"} gives slot I{i} to hub I{i mod n} alone.
     :param slots: how many requests this worker serves at once.
     :param token: the hub's bearer token, if it requires one.
     :param pool: the pool to join.
@@ -159,18 +166,21 @@ def worker_service(
     threads = AppThreads(slots, name="pothead-wsgi")
     AppThreadsService(threads, reactor).setServiceParent(service)
     server = slot_server(reactor, threads, app)
-    endpoint = clientFromString(reactor, hub)
+    endpoints = [clientFromString(reactor, hub) for hub in hubs]
     for index in range(slots):
+        offers = endpoints if spread == "late" else [endpoints[index % len(endpoints)]]
         slot = WorkerSlot(
-            server, pool, token, slot_name(index), attach_timeout, reactor, admission
+            server, pool, token, slot_name(index), attach_timeout, reactor, admission,
+            offered_to=len(offers),
         )
         service.slots.append(slot)
-        ClientService(
-            endpoint,
-            slot,
-            retryPolicy=slot.retry_delay,
-            clock=reactor,
-            prepareConnection=lambda client: client.prepare(),
-        ).setServiceParent(service)
+        for endpoint in offers:
+            ClientService(
+                endpoint,
+                slot,
+                retryPolicy=slot.retry_delay,
+                clock=reactor,
+                prepareConnection=lambda client: client.prepare(),
+            ).setServiceParent(service)
     return service
 

@@ -280,6 +280,12 @@ class Attachment(Protocol):
     def detaching(self) -> bool:
         """Whether the slot detaches at its next idle moment."""
 
+    def claim(self) -> bool:
+        """
+        A request arrived: whether the slot serves it.  If not, the
+        attachment has answered it already (handed back to the hub).
+        """
+
     def app_call_started(self) -> None:
         """The app was called for a request on this slot."""
 
@@ -300,6 +306,9 @@ class Unattached:
 
     def detaching(self) -> bool:
         return False
+
+    def claim(self) -> bool:
+        return True
 
     def app_call_started(self) -> None:
         pass
@@ -368,6 +377,9 @@ class SlotServer(Factory):
         return SlotChannel(self, attachment)
 
     def handle(self, request: WSGIRequest) -> None:
+        if not request.channel.attachment.claim():
+            # Another hub's job has the slot: this request was handed back.
+            return
         if request.content is None:
             request.content = BytesIO()
         self.resource.render(request)

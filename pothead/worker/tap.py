@@ -17,6 +17,12 @@ from pothead.tokens import TokenError, load_token
 from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
 from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
 
+#: The hub a worker attaches to when no --hub is given.
+DEFAULT_HUB = "tcp:127.0.0.1:4040"
+
+#: How slots are shared among several hubs (see worker_service).
+SPREADS = ("late", "even")
+
 
 def load_app(spec: str, app_dir: str):
     """
@@ -67,7 +73,10 @@ class Options(usage.Options):
         ["app", None, None, "The WSGI application, as module:attribute (required)."],
         ["app-dir", None, ".",
          "Directory to import the application from (default: the current one)."],
-        ["hub", None, "tcp:127.0.0.1:4040", "Client endpoint of the hub's worker port."],
+        ["spread", None, "late",
+         "With several --hub: 'late' offers every slot to every hub and takes the "
+         "first job one sends (late binding); 'even' gives each slot to one hub, "
+         "round robin, as POTHEAD 0.4.3 did."],
         ["slots", None, None,
          "Requests served at once: one attached connection each (default 1; "
          "with --poll-jobs, the most at once, default twice the CPUs).", int],
@@ -89,7 +98,29 @@ class Options(usage.Options):
          "POTHEAD 0.4.3's --poll-jobs."],
     ]
 
+    def __init__(self) -> None:
+        super().__init__()
+        self["hubs"] = []
+
+    def opt_hub(self, endpoint: str) -> None:
+        """
+        Client endpoint of a hub's worker port (default tcp:127.0.0.1:4040);
+        repeat it for several hubs.
+        """
+        self["hubs"].append(endpoint)
+
     def postOptions(self) -> None:
+        if not self["hubs"]:
+            self["hubs"] = [DEFAULT_HUB]
+        if self["spread"] not in SPREADS:
+            raise usage.UsageError(f"--spread must be late or even, not {self['spread']!r}")
+        if len(self["hubs"]) > 1 and self["spread"] == "late" and (
+            self["poll-jobs"] or self["admission"]
+        ):
+            # Each offer would hold an admission ticket of its own.
+            raise usage.UsageError(
+                "--admission and --poll-jobs work with one hub, or with --spread even"
+            )
         if self["app"] is None:
             raise usage.UsageError("--app module:app is required")
         if self["poll-jobs"] and self["admission"]:
@@ -129,7 +160,8 @@ def makeService(config: Options) -> MultiService:
     return worker_service(
         reactor,
         config["wsgi"],
-        hub=config["hub"],
+        hubs=config["hubs"],
+        spread=config["spread"],
         slots=slots,
         admission=admission,
         token=config["token"],
