@@ -37,6 +37,8 @@ setup(
         "test": [
             "pytest", "pytest-twisted", "pytest-timeout", "flask", "ruff", "hypothesis", "h11",
             "import-linter",
+            # trustme makes a throwaway CA and certificates for tests/test_tls.py.
+            "trustme",
         ],
     },
 )
