@@ -32,14 +32,15 @@ class RunningHub:
     _ports: list = field(default_factory=list)
     _factories: list = field(default_factory=list)
     _workers: list = field(default_factory=list)
+    interface: str = "127.0.0.1"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.consumer_port}"
+        return f"http://{self.interface}:{self.consumer_port}"
 
     @property
     def worker_endpoint(self) -> str:
-        return f"tcp:127.0.0.1:{self.worker_port}"
+        return f"tcp:{self.interface}:{self.worker_port}"
 
     @property
     def pool(self):
@@ -72,21 +73,23 @@ class RunningHub:
         )
 
 
-async def start_hub(**kwargs) -> RunningHub:
+async def start_hub(interface: str = "127.0.0.1", port: int = 0, **kwargs) -> RunningHub:
     """
-    A hub on 127.0.0.1 with ephemeral ports; C{kwargs} go to L{Hub}.
+    A hub on a loopback C{interface} with an ephemeral consumer port and
+    the worker port C{port} (ephemeral if 0); C{kwargs} go to L{Hub}.
     """
     hub = Hub(reactor, **kwargs)
     consumer = WrappingFactory(hub.consumer_factory())
     workers = WrappingFactory(hub.worker_factory())
-    consumer_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(consumer)
-    worker_port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(workers)
+    consumer_port = await serverFromString(reactor, f"tcp:0:interface={interface}").listen(consumer)
+    worker_port = await serverFromString(reactor, f"tcp:{port}:interface={interface}").listen(workers)
     return RunningHub(
         hub,
         consumer_port.getHost().port,
         worker_port.getHost().port,
         [consumer_port, worker_port],
         [consumer, workers],
+        interface=interface,
     )
 
 

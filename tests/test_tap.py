@@ -19,7 +19,8 @@ from pothead.hub.descriptors import ATTACH_MARGIN
 from pothead.hub.limits import Limits
 from pothead.hub.listening import Listener
 from pothead.worker import tap as worker_tap
-from pothead.worker.service import AppThreadsService
+from pothead.worker.hubs import HubSet
+from pothead.worker.service import AppThreadsService, HubOffers
 
 pytestmark = pytest.mark.unit
 
@@ -156,6 +157,7 @@ def test_worker_options(monkeypatch):
         "wsgi": demo_app,
         "hubs": ["tcp:127.0.0.1:4040"],
         "spread": "late",
+        "resolve-interval": 5.0,
         "slots": 3,
         "admission": None,
         "poll-jobs": 0,
@@ -213,15 +215,23 @@ def test_hub_service_wiring():
 
 def test_worker_service_wiring():
     """
-    The worker service has a thread pool sized to its slots and one
-    ClientService per slot.
+    The worker service has a thread pool sized to its slots, the slots,
+    and the set of hubs that offers them (one ClientService per slot and
+    hub once it starts, see test_hubs); with --spread even, one
+    ClientService per slot at once.
     """
     options = worker_tap.Options()
     options.parseOptions(["--app", "pothead.demo:app", "--slots", "4"])
-    children = list(worker_tap.makeService(options))
+    service = worker_tap.makeService(options)
+    children = list(service)
     pools = [c for c in children if isinstance(c, AppThreadsService)]
     assert len(pools) == 1 and pools[0].pool.count == 4
-    assert sum(isinstance(c, ClientService) for c in children) == 4
+    assert len(service.slots) == 4 and sum(isinstance(c, HubSet) for c in children) == 1
+    even = worker_tap.Options()
+    even.parseOptions(["--app", "pothead.demo:app", "--slots", "4", "--spread", "even",
+                       "--hub", "tcp:127.0.0.1:4040", "--hub", "tcp:127.0.0.1:4041"])
+    offers = [c for c in worker_tap.makeService(even) if isinstance(c, HubOffers)]
+    assert sum(isinstance(c, ClientService) for o in offers for c in o) == 4
 
 
 def test_plugins_discovered():

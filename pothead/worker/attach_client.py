@@ -45,12 +45,11 @@ class AttachClient(HeadReceiver):
     parser_class = HttpResponseParser
 
     def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
-                 timeout: float, clock: IReactorTime, offered_to: int = 1) -> None:
+                 timeout: float, clock: IReactorTime) -> None:
         super().__init__()
         self._server = server
         self._pool = pool
         self._token = token
-        self._offered_to = offered_to
         self.name = name
         self.timeout = timeout
         self.callLater = clock.callLater
@@ -116,7 +115,7 @@ class AttachClient(HeadReceiver):
         self._attached = Deferred()
         self.setTimeout(self.timeout)
         self.transport.write(
-            attach_request(host, self._pool, self._token, self.name, self._offered_to)
+            attach_request(host, self._pool, self._token, self.name, self.factory.offered_to)
         )
         return self._attached
 
@@ -301,9 +300,11 @@ class WorkerSlot(Factory):
                  admission: IAdmission | None = None, offered_to: int = 1) -> None:
         """
         :param offered_to: how many hubs the slot is offered to at once,
-            each through a connection of its own (late binding).
+            each through a connection of its own (late binding); it
+            changes as hubs come and go.
         """
-        self._args = (server, pool, token, name, timeout, clock, offered_to)
+        self._args = (server, pool, token, name, timeout, clock)
+        self.offered_to = offered_to
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
         self.draining = False

@@ -18,6 +18,8 @@ from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
+from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -26,6 +28,7 @@ from pothead.worker.admission import FixedAdmission, IAdmission
 from pothead.worker.attach_client import WorkerSlot
 from pothead.worker.environ import WSGIApp, behind_hub
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
+from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL, HubSet
 from pothead.worker.slot_server import SlotServer
 from pothead.worker.threads import AppThreads
 
@@ -142,6 +145,8 @@ def worker_service(
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     admission: IAdmission | None = None,
     spread: str = "late",
+    resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
+    resolver: IHostnameResolver | None = None,
 ) -> WorkerService:
     """
     A worker with C{slots} slots attached to the hub at C{hub}.
@@ -154,6 +159,10 @@ def worker_service(
         hub through a connection each, and the first hub to send a job
         has it (late binding: the other offers are withdrawn until the job
         is done); C{"even"} gives slot I{i} to hub I{i mod n} alone.
+    :param resolve_interval: with C{"late"}, seconds between two
+        resolutions of a hub's name; each address is a hub
+        (L{pothead.worker.hubs}).
+    :param resolver: resolves hub names; the reactor's by default.
     :param slots: how many requests this worker serves at once.
     :param token: the hub's bearer token, if it requires one.
     :param pool: the pool to join.
@@ -166,21 +175,82 @@ def worker_service(
     threads = AppThreads(slots, name="pothead-wsgi")
     AppThreadsService(threads, reactor).setServiceParent(service)
     server = slot_server(reactor, threads, app)
-    endpoints = [clientFromString(reactor, hub) for hub in hubs]
-    for index in range(slots):
-        offers = endpoints if spread == "late" else [endpoints[index % len(endpoints)]]
-        slot = WorkerSlot(
-            server, pool, token, slot_name(index), attach_timeout, reactor, admission,
-            offered_to=len(offers),
-        )
-        service.slots.append(slot)
-        for endpoint in offers:
+    service.slots = [
+        WorkerSlot(server, pool, token, slot_name(index), attach_timeout, reactor, admission)
+        for index in range(slots)
+    ]
+    if spread == "even":
+        for index, slot in enumerate(service.slots):
+            hub = clientFromString(reactor, hubs[index % len(hubs)])
+            HubOffers(hub, [slot], reactor).setServiceParent(service)
+        return service
+
+    def join(description: str) -> HubOffers:
+        offers = HubOffers(clientFromString(reactor, description), service.slots, reactor)
+        offers.setServiceParent(service)
+        return offers
+
+    def offered_to(count: int) -> None:
+        for slot in service.slots:
+            slot.offered_to = count
+
+    HubSet(
+        list(hubs), join, resolver or reactor.nameResolver, reactor, resolve_interval,
+        changed=offered_to,
+    ).setServiceParent(service)
+    return service
+
+
+class _Offer(Factory):
+    """
+    One slot's offer at one hub: the factory of that hub's L{ClientService}
+    for the slot, which builds the slot's connections there.
+    """
+
+    def __init__(self, slot: WorkerSlot) -> None:
+        self.slot = slot
+        self.client = None
+        self.leaving = False
+
+    def buildProtocol(self, addr):
+        if self.leaving:
+            return None
+        self.client = self.slot.buildProtocol(addr)
+        return self.client
+
+
+class HubOffers(MultiService):
+    """
+    The slots offered at one hub: a L{ClientService} each, which connects,
+    attaches, and connects again whenever the connection ends.
+    """
+
+    def __init__(self, hub: IStreamClientEndpoint, slots: list[WorkerSlot], reactor) -> None:
+        super().__init__()
+        self._offers = [_Offer(slot) for slot in slots]
+        for offer in self._offers:
             ClientService(
-                endpoint,
-                slot,
-                retryPolicy=slot.retry_delay,
+                hub,
+                offer,
+                retryPolicy=offer.slot.retry_delay,
                 clock=reactor,
                 prepareConnection=lambda client: client.prepare(),
-            ).setServiceParent(service)
-    return service
+            ).setServiceParent(self)
+
+    def leave(self) -> Deferred[None]:
+        """
+        Take the offers back: each connection detaches once its job, if
+        any, is done, and none is made again.
+        """
+        return Deferred.fromCoroutine(self._leave())
+
+    async def _leave(self) -> None:
+        for offer in self._offers:
+            offer.leaving = True
+        await gatherResults([
+            offer.client.drain() for offer in self._offers
+            if offer.client is not None and offer.client.connected_now
+        ])
+        await self.stopService()
+        self.disownServiceParent()
 

@@ -15,6 +15,7 @@ from pothead.attach import DEFAULT_POOL
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
+from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL
 from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
 
 #: The hub a worker attaches to when no --hub is given.
@@ -90,6 +91,9 @@ class Options(usage.Options):
          "Seconds the hub has to answer an attach.", float],
         ["drain-timeout", None, DEFAULT_DRAIN_TIMEOUT,
          "Seconds in-flight requests get to finish on stop (SIGTERM).", float],
+        ["resolve-interval", None, DEFAULT_RESOLVE_INTERVAL,
+         "Seconds between two resolutions of a --hub host name; every address it "
+         "resolves to is a hub (with --spread late).", float],
     ]
 
     optFlags = [
@@ -132,7 +136,7 @@ class Options(usage.Options):
                 raise usage.UsageError(str(e)) from None
         if self["slots"] is None:
             self["slots"] = 2 * (os.cpu_count() or 1) if self["poll-jobs"] else 1
-        require_positive(self, "slots", "attach-timeout", "drain-timeout")
+        require_positive(self, "slots", "attach-timeout", "drain-timeout", "resolve-interval")
         self["wsgi"] = load_app(self["app"], self["app-dir"])
         if self["poll-jobs"] and not callable(getattr(self["wsgi"], "wait_for_slot", None)):
             raise usage.UsageError(
@@ -162,6 +166,7 @@ def makeService(config: Options) -> MultiService:
         config["wsgi"],
         hubs=config["hubs"],
         spread=config["spread"],
+        resolve_interval=config["resolve-interval"],
         slots=slots,
         admission=admission,
         token=config["token"],

@@ -1,0 +1,151 @@
+"""
+The hubs a worker offers its slots to: a name that resolves to several
+addresses is that many hubs, resolved again every interval; hubs whose
+address appears are joined and those whose address disappears are left,
+through an injected resolver (not /etc/hosts).
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import succeed
+from twisted.internet.endpoints import clientFromString
+from twisted.internet.task import Clock
+
+from pothead.worker.hubs import HubSet, at_address, named_host
+from pothead.worker.service import worker_service
+from tests.harness import wait_for
+from tests.http import fetch
+from tests.loopback import start_hub
+
+
+class Names:
+    """A resolver answering from a dict the test changes, as DNS would."""
+
+    def __init__(self, **names: list[str]) -> None:
+        self.names = names
+
+    def resolveHostName(self, receiver, hostName, portNumber=0, addressTypes=None,
+                        transportSemantics="TCP"):
+        receiver.resolutionBegan(None)
+        for address in self.names.get(hostName, []):
+            receiver.addressResolved(IPv4Address("TCP", address, portNumber))
+        receiver.resolutionComplete()
+        return receiver
+
+
+class Joined:
+    """What a HubSet joined and left, in order."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str]] = []
+
+    def join(self, endpoint: str):
+        self.events.append(("join", endpoint))
+        joined = self
+
+        class Offers:
+            def leave(self):
+                joined.events.append(("leave", endpoint))
+                return succeed(None)
+
+        return Offers()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("description, named", [
+    ("tcp:hubs.example:4040", ("hubs.example", "4040")),
+    ("tls:hubs.example:4040:trustRoots=/ca", ("hubs.example", "4040")),
+    ("tcp:127.0.0.1:4040", None),
+    ("tcp:host=hubs.example:port=4040", None),
+    ("unix:/run/hub.sock", None),
+    ("tcp6:\\:\\:1:4040", None),
+])
+def test_which_hub_endpoints_are_names(description, named):
+    assert named_host(description) == named
+
+
+@pytest.mark.unit
+def test_an_address_of_a_name_as_an_endpoint():
+    """
+    A tcp: endpoint connects to the address; a tls: one too, through an
+    endpoint= at the address, still checking the certificate against the
+    name.
+    """
+    assert at_address("tcp:hubs.example:4040:timeout=5", "10.0.0.7") == "tcp:10.0.0.7:4040:timeout=5"
+    assert at_address("tcp:hubs.example:4040", "fd00::7") == "tcp6:fd00\\:\\:7:4040"
+    tls = at_address("tls:hubs.example:4040:trustRoots=/ca", "10.0.0.7")
+    assert tls == "tls:hubs.example:4040:trustRoots=/ca:endpoint=tcp\\:10.0.0.7\\:4040"
+    # Twisted reads it (certificates checked against the platform's roots here).
+    assert clientFromString(reactor, at_address("tls:hubs.example:4040", "10.0.0.7")) is not None
+
+
+@pytest.mark.unit
+def test_a_name_is_a_hub_per_address_resolved_again_every_interval():
+    """
+    Three addresses are three hubs; one gone from DNS is left, one new is
+    joined; a moment with no address at all keeps the hubs it had.
+    """
+    clock = Clock()
+    names = Names(**{"hubs.example": ["10.0.0.1", "10.0.0.2", "10.0.0.3"]})
+    joined = Joined()
+    counts: list[int] = []
+    hubs = HubSet(["tcp:hubs.example:4040", "unix:/run/other.sock"], joined.join, names,
+                  clock, interval=5.0, changed=counts.append)
+    hubs.startService()
+    assert sorted(joined.events) == sorted([
+        ("join", "unix:/run/other.sock"),
+        ("join", "tcp:10.0.0.1:4040"), ("join", "tcp:10.0.0.2:4040"), ("join", "tcp:10.0.0.3:4040"),
+    ])
+    assert counts[-1] == 4
+    joined.events.clear()
+    names.names["hubs.example"] = ["10.0.0.2", "10.0.0.3", "10.0.0.4"]
+    clock.advance(5.0)
+    assert sorted(joined.events) == [("join", "tcp:10.0.0.4:4040"), ("leave", "tcp:10.0.0.1:4040")]
+    joined.events.clear()
+    names.names["hubs.example"] = []
+    clock.advance(5.0)
+    assert joined.events == [] and counts[-1] == 4
+    hubs.stopService()
+    assert clock.getDelayedCalls() == []
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_one_name_for_two_hubs():
+    """
+    A worker given one name that resolves to two loopback addresses
+    (127.0.0.1 and 127.0.0.2, through an injected resolver) serves
+    through both hubs listening there.
+    """
+    first = await start_hub()
+    second = await start_hub(interface="127.0.0.2", port=first.worker_port)
+    calls: list[str] = []
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    names = Names(**{"hubs.test": ["127.0.0.1", "127.0.0.2"]})
+    worker = worker_service(reactor, app, [f"tcp:hubs.test:{first.worker_port}"], 1,
+                            resolver=names, resolve_interval=0.2)
+    worker.startService()
+    try:
+        await wait_for(lambda: first.pool.idle == 1 and second.pool.idle == 1,
+                       what="the slot offered at both addresses")
+        for hub, path in ((first, "/one"), (second, "/two")):
+            response, body = await fetch("GET", hub.url + path)
+            assert (response.code, body) == (200, b"ok")
+        assert calls == ["/one", "/two"]
+        names.names["hubs.test"] = ["127.0.0.1"]
+        await wait_for(lambda: len(second.pool.slots) == 0, what="the hub gone from DNS left")
+        response, body = await fetch("GET", first.url + "/three")
+        assert (response.code, body) == (200, b"ok")
+    finally:
+        await worker.stopService()
+        await first.stop()
+        await second.stop()
