@@ -63,6 +63,7 @@ class Joined:
     ("tcp:host=hubs.example:port=4040", None),
     ("unix:/run/hub.sock", None),
     ("tcp6:\\:\\:1:4040", None),
+    ("tcp:fd00\\:\\:1:4040", None),
 ])
 def test_which_hub_endpoints_are_names(description, named):
     assert named_host(description) == named

@@ -50,7 +50,7 @@ def named_host(description: str) -> tuple[str, str] | None:
     if len(fields) < 3 or fields[0] not in ("tcp", "tls") or "=" in fields[1] + fields[2]:
         return None
     try:
-        ipaddress.ip_address(fields[1])
+        ipaddress.ip_address(fields[1].replace("\\:", ":"))
     except ValueError:
         return fields[1], fields[2]
     return None
