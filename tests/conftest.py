@@ -8,6 +8,8 @@ The helpers live in tests/harness.py and tests/loopback.py.
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
@@ -36,6 +38,17 @@ def pytest_collection_modifyitems(config, items) -> None:
             f"{len(wrong)} tests need exactly one tier marker ({', '.join(TIERS)}; "
             "see tests/README.md):\n" + "\n".join(wrong)
         )
+
+
+@pytest.fixture
+def started():
+    """
+    Processes (tests/processes.py) a test starts, all killed at its end.
+    """
+    processes: list = []
+    yield processes
+    for process in processes:
+        process.stop(signal.SIGKILL)
 
 
 @pytest_twisted.async_yield_fixture

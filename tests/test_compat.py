@@ -5,7 +5,6 @@ real 0.4.3 worker through --legacy-worker, and CPU-gated admission.
 
 from __future__ import annotations
 
-import signal
 import socket
 import subprocess
 import sys
@@ -23,13 +22,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def processes():
-    """Processes a test starts, all killed at its end."""
-    started: list[Process] = []
-    yield started
-    for process in started:
-        process.stop(signal.SIGKILL)
 
 
 @pytest.mark.unit
@@ -48,31 +40,31 @@ def test_compat_command_lines_translate():
 
 
 @pytest.mark.process
-def test_compat_command_lines_run(tmp_path, processes):
+def test_compat_command_lines_run(tmp_path, started):
     """
     python3 -m pothead.server and python3 -m pothead.worker, with 0.4.3's
     arguments, serve a request.
     """
     main_port, worker_port = free_port(), free_port()
-    processes.append(Process(
+    started.append(Process(
         [sys.executable, "-m", "pothead.server", "--main-port", str(main_port),
          "--worker-port", str(worker_port)], tmp_path))
-    processes.append(Process(
+    started.append(Process(
         [sys.executable, "-m", "pothead.worker", "--connect", f"127.0.0.1:{worker_port}",
          "pothead.demo:app"], tmp_path, env={"POTHEAD_WORKERS": "2"}))
     status, body = get_eventually(f"http://127.0.0.1:{main_port}/?width=10&height=3")
     assert status == 200 and b"rendered by pid" in body
-    processes[0].wait_for(r"attached to pool default", count=2)
+    started[0].wait_for(r"attached to pool default", count=2)
 
 
 @pytest.mark.process
-def test_cpu_gated_worker_serves(tmp_path, processes):
+def test_cpu_gated_worker_serves(tmp_path, started):
     """
     A worker started with --admission cpu:... attaches a slot and serves.
     """
     hub, (consumer, worker) = start_hub(tmp_path)
-    processes.append(hub)
-    processes.append(Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
+    started.append(hub)
+    started.append(Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
                             f"tcp:127.0.0.1:{worker}", "--admission", "cpu:0.5,max=2",
                             cwd=tmp_path))
     hub.wait_for(r"attached to pool default")
@@ -109,7 +101,7 @@ def pothead_043(tmp_path_factory):
 
 
 @pytest.mark.process
-def test_real_pothead_043_worker_through_legacy_port(tmp_path, processes, pothead_043):
+def test_real_pothead_043_worker_through_legacy_port(tmp_path, started, pothead_043):
     """
     A real POTHEAD 0.4.3 worker, connected to --legacy-worker, answers
     requests with its status, headers and body intact.
@@ -118,11 +110,11 @@ def test_real_pothead_043_worker_through_legacy_port(tmp_path, processes, pothea
     legacy = free_port()
     hub, (consumer, _) = start_hub(
         tmp_path, "--legacy-worker", f"tcp:{legacy}:interface=127.0.0.1")
-    processes.append(hub)
+    started.append(hub)
     worker = Process(
         [str(pothead_043), "-m", "pothead.worker", "--connect", f"127.0.0.1:{legacy}",
          "legacy_app:app"], tmp_path)
-    processes.append(worker)
+    started.append(worker)
     try:
         hub.wait_for(r"legacy worker .* connected", timeout=30)
     except AssertionError:

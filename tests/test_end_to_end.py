@@ -15,15 +15,6 @@ from tests.processes import TWISTD, Twistd, get, get_eventually, start_hub
 pytestmark = pytest.mark.process
 
 
-@pytest.fixture
-def started(tmp_path):
-    """
-    Processes a test starts, all stopped at its end.
-    """
-    processes: list[Twistd] = []
-    yield processes
-    for process in processes:
-        process.stop(signal.SIGKILL)
 
 
 def test_twistd_lists_both_commands(tmp_path):

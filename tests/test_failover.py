@@ -21,13 +21,6 @@ pytestmark = pytest.mark.process
 LOAD = 60
 
 
-@pytest.fixture
-def started():
-    """Processes a test starts, all killed at its end."""
-    processes: list[Twistd] = []
-    yield processes
-    for process in processes:
-        process.stop(signal.SIGKILL)
 
 
 def test_hub_killed_under_load(tmp_path, started):

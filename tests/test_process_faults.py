@@ -22,15 +22,6 @@ pytestmark = pytest.mark.process
 ROOT = Path(__file__).parent.parent
 
 
-@pytest.fixture
-def started():
-    """
-    Processes a test starts, all killed at its end.
-    """
-    processes: list[Twistd] = []
-    yield processes
-    for process in processes:
-        process.stop(signal.SIGKILL)
 
 
 def start_worker(tmp_path, worker_port, log, *argv, sleep_scale=1):

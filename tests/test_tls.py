@@ -10,7 +10,6 @@ and TLS") tells an operator to set them up.
 from __future__ import annotations
 
 import re
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,15 +70,6 @@ def pki(tmp_path) -> Pki:
     return files
 
 
-@pytest.fixture
-def started():
-    """
-    Processes a test starts, all stopped at its end.
-    """
-    processes: list[Twistd] = []
-    yield processes
-    for process in processes:
-        process.stop(signal.SIGKILL)
 
 
 def start_tls_hub(cwd: Path, pki: Pki, started: list[Twistd]) -> tuple[Twistd, int, int]:
