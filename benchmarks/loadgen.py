@@ -105,10 +105,12 @@ async def one_shot(port: int, path: str, timeout: float):
 async def run_open(spec):
     """
     spec: port, schedule [[t, path], ...] (seconds from start), timeout,
-    deadline (seconds for the whole run).
+    deadline (seconds for the whole run).  An entry [t, path, port] goes
+    to that port instead of spec's (several hubs fed by one arrival
+    process; ``port`` may then be left out).
     """
     loop = asyncio.get_running_loop()
-    port = spec["port"]
+    default_port = spec.get("port")
     timeout = spec.get("timeout", 30.0)
     schedule = spec["schedule"]
     n = len(schedule)
@@ -118,7 +120,7 @@ async def run_open(spec):
     errors = {}
     start = loop.time() + 0.05
 
-    async def fire(i, at, path):
+    async def fire(i, at, path, port):
         sent = loop.time()
         lag[i] = sent - at
         code, err = await one_shot(port, path, timeout)
@@ -131,12 +133,12 @@ async def run_open(spec):
             errors[key] = errors.get(key, 0) + 1
 
     tasks = []
-    for i, (t, path) in enumerate(schedule):
+    for i, (t, path, *to) in enumerate(schedule):
         at = start + t
         delay = at - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.ensure_future(fire(i, at, path)))
+        tasks.append(asyncio.ensure_future(fire(i, at, path, to[0] if to else default_port)))
     remaining = max(spec.get("deadline", 120.0) - (loop.time() - start), 1.0)
     done, pending = await asyncio.wait(tasks, timeout=remaining)
     for t in pending:
