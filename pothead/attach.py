@@ -55,6 +55,19 @@ DETACH_NOTICE = (
     + b": 1\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
 )
 
+#: On a requeue signal: the slot was withdrawn because another hub's job
+#: took it (late binding).  A job it answers goes back to the head of the
+#: line without counting as handed back by a worker: losing that race
+#: says nothing about the job.
+OFFER_HEADER = b"Pothead-Offer"
+
+#: The detach notice of a slot withdrawn for another hub's job.
+WITHDRAW_NOTICE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    + REQUEUE_HEADER
+    + b": 1\r\n" + OFFER_HEADER + b": withdrawn\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
+
 #: The limit on a handshake head: no real attach comes anywhere near it.
 MAX_HEAD_BYTES = 32 * 1024
 

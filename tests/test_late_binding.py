@@ -21,11 +21,12 @@ from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 from twisted.web.wsgi import WSGIResource
 
-from pothead.attach import DETACH_NOTICE, attach_request
+from pothead.attach import DETACH_NOTICE, WITHDRAW_NOTICE, attach_request
+from pothead.hub.job import MAX_REQUEUE_SIGNALS
 from pothead.worker.attach_client import WorkerSlot
 from pothead.worker.service import worker_service
 from pothead.worker.slot_server import SlotServer
-from tests.harness import InThisThread, wait_for
+from tests.harness import GET, HubHarness, InThisThread, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
 
@@ -97,7 +98,7 @@ def test_a_job_withdraws_the_offers_at_the_other_hubs():
     assert at_a.value().startswith(b"HTTP/1.1 200 OK\r\n")
     clock.advance(0)
     for transport in (at_b, at_c):
-        assert transport.value() == DETACH_NOTICE
+        assert transport.value() == WITHDRAW_NOTICE
     assert at_a.value().count(b"HTTP/1.1") == 1
 
 
@@ -117,7 +118,7 @@ def test_a_job_sent_in_the_race_is_handed_back_and_runs_once():
     b.dataReceived(b"GET /second HTTP/1.1\r\nHost: h\r\n\r\n")
     clock.advance(0)
     assert len(pool.calls) == 1 and calls == []
-    assert at_b.value() == DETACH_NOTICE
+    assert at_b.value() == WITHDRAW_NOTICE
     assert at_a.value() == b""
     assert not slot.free_for(b) and slot.free_for(a)
 
@@ -154,7 +155,7 @@ def test_an_offer_answered_after_the_slot_was_taken_detaches_at_once():
     assert slot.claim(serving)
     late.transport.clear()
     late.dataReceived(ATTACHED)
-    assert late.transport.value() == DETACH_NOTICE
+    assert late.transport.value() == WITHDRAW_NOTICE
 
 
 def gated(calls: list, gate: threading.Event):
@@ -238,3 +239,32 @@ async def test_load_on_two_hubs_runs_every_job_once():
         await worker.stopService()
         await first.stop()
         await second.stop()
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("notice, answered", [
+    pytest.param(WITHDRAW_NOTICE, False, id="withdrawn-not-counted"),
+    pytest.param(DETACH_NOTICE, True, id="refusals-counted"),
+])
+def test_losing_the_race_is_never_counted_against_the_job(notice, answered):
+    """
+    A job that loses the race for a slot again and again stays at the
+    head of its hub's line: the withdrawn notice is not a worker handing
+    it back, so it never reaches the 503 of MAX_REQUEUE_SIGNALS; the
+    plain detach notice still does.
+    """
+    harness = HubHarness(queue_timeout=600, request_timeout=600)
+    slot, transport = harness.worker()
+    _, consumer = harness.consumer(GET)
+    rounds = 0
+    while rounds < MAX_REQUEUE_SIGNALS + 5:
+        rounds += 1
+        assert transport.value().startswith(b"GET /job")
+        # The next slot waits, so the job handed back goes straight to it.
+        waiting = harness.worker()
+        slot.dataReceived(notice)
+        if consumer.value():
+            break
+        slot, transport = waiting
+    assert status(consumer) == (b"HTTP/1.1 503 Service Unavailable" if answered else b"")
+    assert rounds == (MAX_REQUEUE_SIGNALS + 1 if answered else MAX_REQUEUE_SIGNALS + 5)

@@ -187,20 +187,26 @@ class Job:
         else:
             self._worker_failed(slot.worker, why)
 
-    def handed_back(self) -> None:
+    def handed_back(self, withdrawn: bool = False) -> None:
         """
         The worker answered with the requeue signal, unprocessed: back to
         the head of the queue, up to L{MAX_REQUEUE_SIGNALS} times, then 503.
+
+        :param withdrawn: the slot had just been taken by another hub's job
+            (late binding): that says nothing about this job, and is not
+            counted.
         """
         slot, self.slot = self.slot, None
-        self._hand_backs += 1
+        if not withdrawn:
+            self._hand_backs += 1
         if self.over:
             return
         if self._hand_backs > MAX_REQUEUE_SIGNALS:
             self.unavailable(f"handed back by workers {self._hand_backs} times")
         else:
-            _log.info("worker {worker} handed back {request}", worker=slot.worker,
-                      request=self.what)
+            (_log.debug if withdrawn else _log.info)(
+                "worker {worker} handed back {request}", worker=slot.worker, request=self.what,
+            )
             self._requeue()
 
     def broke_off(self, why: str) -> None:

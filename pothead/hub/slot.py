@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pothead.attach import REQUEUE_HEADER
+from pothead.attach import OFFER_HEADER, REQUEUE_HEADER
 from pothead.http.client import BadResponse, ResponseHead, ResponseReader
 from pothead.http.sockets import send_now, tune_tcp
 from pothead.hub.body import BufferedBody
@@ -61,6 +61,7 @@ class Slot(Protocol):
         self._responses = ResponseReader(self)
         self._keep_alive = False
         self._handing_back = False
+        self._withdrawn = False
         self._head: ResponseHead | None = None
         self._upload: BufferedBody | None = None
         self._closing = False
@@ -115,7 +116,7 @@ class Slot(Protocol):
             return
         self.job = None
         if self._handing_back:
-            job.handed_back()
+            job.handed_back(self._withdrawn)
         elif self._responses.started:
             job.broke_off(reason.getErrorMessage())
         else:
@@ -214,6 +215,7 @@ class Slot(Protocol):
         self._keep_alive = head.keep_alive
         if is_requeue_signal(head):
             self._handing_back = True
+            self._withdrawn = head.values(OFFER_HEADER.lower()) == [b"withdrawn"]
             return
         # Relayed once the rest of this read has parsed: a body that is
         # malformed from its first byte is then still the hub's own 502.
@@ -251,7 +253,7 @@ class Slot(Protocol):
             # this slot closes, and the worker reattaches when it is.
             if not self._closing and self.connected:
                 self._close()
-            job.handed_back()
+            job.handed_back(self._withdrawn)
         else:
             job.response_done()
         if next_first or self._closing or not self.connected:

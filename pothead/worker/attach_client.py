@@ -19,6 +19,7 @@ from pothead.address import host_port
 from pothead.attach import (
     DETACH_NOTICE,
     UPGRADE_TOKENS,
+    WITHDRAW_NOTICE,
     HeadReceiver,
     attach_request,
     header_tokens,
@@ -129,11 +130,12 @@ class AttachClient(HeadReceiver):
             return
         self.factory.refusals = 0
         if self._draining or not self.factory.free_for(self):
+            notice = DETACH_NOTICE if self._draining else WITHDRAW_NOTICE
             # The hub counts this slot as attached already and may have sent
             # it a job: answer that with the detach notice, never a reset.
             # (Taken by another hub's job meanwhile, the slot is offered
             # here again once that job is done.)
-            self._detach()
+            self._detach(notice)
             attached, self._attached = self._attached, None
             attached.callback(None)
             return
@@ -188,7 +190,7 @@ class AttachClient(HeadReceiver):
         """
         if self.factory.claim(self):
             return True
-        self._detach()
+        self._detach(WITHDRAW_NOTICE)
         return False
 
     def withdraw(self) -> None:
@@ -200,7 +202,7 @@ class AttachClient(HeadReceiver):
         app call to end anyway (L{prepare}).
         """
         if self._channel is not None and not self._channel.busy:
-            self._detach()
+            self._detach(WITHDRAW_NOTICE)
 
     def app_call_started(self) -> None:
         self.factory.app_call_started()
@@ -209,7 +211,7 @@ class AttachClient(HeadReceiver):
         # The slot's, not this connection's: the call may outlive it.
         self.factory.app_call_ended()
 
-    def _detach(self) -> None:
+    def _detach(self, notice: bytes = DETACH_NOTICE) -> None:
         # The notice is a requeue signal: should the hub have sent a request
         # at this very moment, it takes the notice as that request's answer
         # and gives the request to another slot.  Half-closing, not closing,
@@ -218,7 +220,7 @@ class AttachClient(HeadReceiver):
         if self._detached:
             return
         self._detached = True
-        self.transport.write(DETACH_NOTICE)
+        self.transport.write(notice)
         # A TLS transport sends what it was given on the next reactor turn;
         # half-close after that, or the close would overtake the notice.
         self.callLater(0, self._half_close)

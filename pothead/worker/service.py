@@ -185,9 +185,15 @@ def worker_service(
             HubOffers(hub, [slot], reactor).setServiceParent(service)
         return service
 
+    # The hubs' offers have a parent of their own, started before the hub
+    # set joins any: a child added to a MultiService in the middle of its
+    # startService would be started twice.
+    joined = MultiService()
+    joined.setServiceParent(service)
+
     def join(description: str) -> HubOffers:
         offers = HubOffers(clientFromString(reactor, description), service.slots, reactor)
-        offers.setServiceParent(service)
+        offers.setServiceParent(joined)
         return offers
 
     def offered_to(count: int) -> None:
