@@ -213,6 +213,11 @@ class _Offer(Factory):
     for the slot, which builds the slot's connections there.
     """
 
+    #: A slot offered to several hubs connects again after every job
+    #: another hub gives it: "Starting factory" lines for each would be
+    #: noise.
+    noisy = False
+
     def __init__(self, slot: WorkerSlot) -> None:
         self.slot = slot
         self.client = None
