@@ -114,6 +114,24 @@ def test_a_name_is_a_hub_per_address_resolved_again_every_interval():
     assert clock.getDelayedCalls() == []
 
 
+@pytest.mark.unit
+def test_a_dual_stack_name_is_one_hub_per_ipv4_address():
+    """
+    A name with IPv4 and IPv6 addresses (localhost, a dual-stack pod) is
+    a hub per IPv4 address, not twice as many; one with only IPv6
+    addresses is a hub per IPv6 address.
+    """
+    clock = Clock()
+    names = Names(**{"localhost": ["127.0.0.1", "::1"], "v6only": ["fd00::1", "fd00::2"]})
+    joined = Joined()
+    hubs = HubSet(["tcp:localhost:4040", "tcp:v6only:4040"], joined.join, names, clock)
+    hubs.startService()
+    assert sorted(endpoint for _, endpoint in joined.events) == [
+        "tcp6:fd00\\:\\:1:4040", "tcp6:fd00\\:\\:2:4040", "tcp:127.0.0.1:4040",
+    ]
+    hubs.stopService()
+
+
 @pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_one_name_for_two_hubs():

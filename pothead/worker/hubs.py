@@ -4,7 +4,8 @@ a ``tcp:`` or ``tls:`` endpoint that names its host, one per address the
 name resolves to, resolved again every ``--resolve-interval``.
 
 That is how POTHEAD 0.4.3 found its hubs behind a Kubernetes headless
-service: one name, an address per hub pod.  A hub whose address appears
+service: one name, an address per hub pod (its IPv4 addresses, or its
+IPv6 ones if it has none: a dual-stack hub is one hub).  A hub whose address appears
 is joined (every slot offered to it, see L{pothead.worker.attach_client});
 one whose address disappears is left once the jobs it gave are done, and
 no other hub's offers are touched.  An endpoint of any other kind (an IP
@@ -88,7 +89,11 @@ class _Addresses:
             self.addresses.append(address.host)
 
     def resolutionComplete(self) -> None:
-        self.done.callback(self.addresses)
+        # A dual-stack hub has an address of each family: one hub, not two.
+        # Its IPv4 addresses count, as Twisted's own tcp: endpoint connects
+        # over IPv4; a name with only IPv6 addresses counts those.
+        ipv4 = [a for a in self.addresses if ipaddress.ip_address(a).version == 4]
+        self.done.callback(ipv4 or self.addresses)
 
 
 class HubSet(Service):
