@@ -162,11 +162,15 @@ class HubSet(Service):
             return
         for key in wanted:
             if key not in self.joined:
-                description, _, address = key.partition("#")
-                endpoint = at_address(description, address) if address else description
-                _log.info("joining hub {hub}", hub=endpoint)
-                self.joined[key] = self._join(endpoint)
+                _log.info("joining hub {hub}", hub=_endpoint(key))
+                self.joined[key] = self._join(_endpoint(key))
         for key in [k for k in self.joined if k not in keep]:
-            _log.info("leaving hub {hub}: gone from DNS", hub=key)
+            _log.info("leaving hub {hub}: gone from DNS", hub=_endpoint(key))
             self.joined.pop(key).leave()
         self._changed(len(self.joined))
+
+
+def _endpoint(key: str) -> str:
+    """The endpoint description of a hub joined under C{key}."""
+    description, _, address = key.partition("#")
+    return at_address(description, address) if address else description
