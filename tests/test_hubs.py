@@ -13,7 +13,9 @@ from twisted.internet import reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import succeed
 from twisted.internet.endpoints import clientFromString
+from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactor
 
 from pothead.worker.hubs import HubSet, at_address, named_host
 from pothead.worker.service import worker_service
@@ -80,8 +82,12 @@ def test_an_address_of_a_name_as_an_endpoint():
     assert at_address("tcp:hubs.example:4040", "fd00::7") == "tcp6:fd00\\:\\:7:4040"
     tls = at_address("tls:hubs.example:4040:trustRoots=/ca", "10.0.0.7")
     assert tls == "tls:hubs.example:4040:trustRoots=/ca:endpoint=tcp\\:10.0.0.7\\:4040"
-    # Twisted reads it (certificates checked against the platform's roots here).
-    assert clientFromString(reactor, at_address("tls:hubs.example:4040", "10.0.0.7")) is not None
+    # Twisted's endpoints built from them connect to the address, not the
+    # name (a tls: one without trustRoots checks against the platform's).
+    for description in ("tcp:hubs.example:4040", "tls:hubs.example:4040"):
+        memory = MemoryReactor()
+        clientFromString(memory, at_address(description, "10.0.0.7")).connect(Factory())
+        assert [(host, port) for host, port, *_ in memory.tcpClients] == [("10.0.0.7", 4040)]
 
 
 @pytest.mark.unit

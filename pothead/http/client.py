@@ -10,8 +10,9 @@ llhttp (L{pothead.http.llhttp}) reads the responses, strictly, and
 L{ResponseReader} hands the slot each part of one as it arrives.
 
 Framing follows RFC 9112 section 6, as llhttp reads it: no body for 1xx,
-204 and 304; chunked when ``Transfer-Encoding`` ends in ``chunked``; read
-until close for any other transfer coding or when there is no
+204 and 304; chunked when ``Transfer-Encoding`` is ``chunked`` (any other
+transfer coding on a body is refused: the hub would drop the header but
+not undo the coding); read until close when there is neither it nor
 ``Content-Length``; ``Content-Length`` otherwise.  A response to HEAD has
 no body either, which llhttp cannot know: see L{ResponseReader}.  Interim
 (1xx) responses are skipped; a worker may not switch protocols (101).

@@ -31,6 +31,8 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 from zope.interface import implementer
 
+from pothead.worker.slot_server import UNATTACHED
+
 #: The environ key under which a response's gate reaches the middleware.
 GATE_KEY = "pothead.write_gate"
 
@@ -255,21 +257,17 @@ class FlowControlledWSGIResource(WSGIResource):
         self._calls = BatchedCalls(reactor)
 
     def render(self, request: Request) -> int:
-        # A slot's channel has an attachment; a twisted.web channel (a
-        # resource served directly) has none.
-        attachment = getattr(request.channel, "attachment", None)
-        on_ended = _nothing if attachment is None else attachment.app_call_ended
-        response = _PromptResponse(self._calls, self._pool, self._app, request, on_ended)
+        # A twisted.web channel (the resource served by a Site) has no
+        # attachment: it is served as a slot's channel not attached to a hub.
+        attachment = getattr(request.channel, "attachment", UNATTACHED)
+        response = _PromptResponse(
+            self._calls, self._pool, self._app, request, attachment.app_call_ended
+        )
         response.environ[GATE_KEY] = WriteGate(self._calls, request)
-        response.environ[TICKET_KEY] = None if attachment is None else attachment.ticket
-        if attachment is not None:
-            attachment.app_call_started()
+        response.environ[TICKET_KEY] = attachment.ticket
+        attachment.app_call_started()
         response.start()
         return NOT_DONE_YET
-
-
-def _nothing() -> None:
-    pass
 
 
 def flow_controlled(app):

@@ -124,8 +124,7 @@ class HubSet(Service):
 
     def startService(self) -> None:
         super().startService()
-        fixed = [d for d in self._descriptions if d not in self._names]
-        self._update(fixed, set(fixed))
+        self._update({d for d in self._descriptions if d not in self._names})
         if self._names:
             self._resolving.start(self._interval)
 
@@ -142,7 +141,7 @@ class HubSet(Service):
 
     async def _resolve_each(self) -> None:
         wanted = {d for d in self._descriptions if d not in self._names}
-        known = set(wanted)
+        kept: set[str] = set()
         for description, (name, port) in self._names.items():
             receiver = _Addresses()
             self._resolver.resolveHostName(receiver, name, int(port))
@@ -151,20 +150,23 @@ class HubSet(Service):
                 # A name that resolves to nothing for a moment (a DNS
                 # hiccup, every hub pod restarting) keeps the hubs it had.
                 _log.warn("hub {name} resolved to no address; keeping its hubs", name=name)
-                known.update(j for j in self.joined if j.startswith(f"{description}#"))
+                kept.update(j for j in self.joined if j.startswith(f"{description}#"))
                 continue
             for address in addresses:
                 wanted.add(f"{description}#{address}")
-        self._update(sorted(wanted), known | wanted)
+        self._update(wanted, kept)
 
-    def _update(self, wanted: list[str], keep: set[str]) -> None:
+    def _update(self, wanted: set[str], kept: set[str] = frozenset()) -> None:
+        """
+        Join the hubs in C{wanted} not joined yet, and leave those in
+        neither C{wanted} nor C{kept}.
+        """
         if not self.running:
             return
-        for key in wanted:
-            if key not in self.joined:
-                _log.info("joining hub {hub}", hub=_endpoint(key))
-                self.joined[key] = self._join(_endpoint(key))
-        for key in [k for k in self.joined if k not in keep]:
+        for key in sorted(wanted - self.joined.keys()):
+            _log.info("joining hub {hub}", hub=_endpoint(key))
+            self.joined[key] = self._join(_endpoint(key))
+        for key in self.joined.keys() - wanted - kept:
             _log.info("leaving hub {hub}: gone from DNS", hub=_endpoint(key))
             self.joined.pop(key).leave()
         self._changed(len(self.joined))

@@ -1,9 +1,9 @@
 """
-The worker: a WSGI app served over slots it attaches to a hub.
+The worker: a WSGI app served over slots it attaches to one hub or more.
 
-Each slot is a L{ClientService}: it connects, attaches, serves HTTP on the
-connection until either side closes it, then connects again, with backoff
-while the hub is unreachable.  All slots share one server and one thread pool
+Each slot has a L{ClientService} per hub it is offered to: it connects,
+attaches, serves HTTP on the connection until either side closes it, then
+connects again, with backoff while the hub is unreachable.  All slots share one server and one thread pool
 with a thread per slot, so the app never runs more requests at once than
 the worker has slots.
 """
@@ -149,7 +149,7 @@ def worker_service(
     resolver: IHostnameResolver | None = None,
 ) -> WorkerService:
     """
-    A worker with C{slots} slots attached to the hub at C{hub}.
+    A worker with C{slots} slots attached to the hubs at C{hubs}.
 
     :param reactor: the reactor to connect, schedule and call back with.
     :param app: the WSGI application to serve.

@@ -317,6 +317,10 @@ class Unattached:
         pass
 
 
+#: It has no state: one serves every channel not attached to a hub.
+UNATTACHED = Unattached()
+
+
 class SlotChannel(ServerChannel):
     """
     The HTTP server a slot runs on its connection once attached, which
@@ -370,7 +374,7 @@ class SlotServer(Factory):
 
     def buildProtocol(self, addr) -> SlotChannel:
         """A channel served directly, not attached to a hub."""
-        return SlotChannel(self, Unattached())
+        return SlotChannel(self, UNATTACHED)
 
     def serve(self, attachment: Attachment) -> SlotChannel:
         """The channel for a connection that has just attached."""
