@@ -41,14 +41,18 @@ HTTP11_ALPN = b"http%2F1.1"
 #: The header of the requeue signal: a 503 with it means "not processed".
 REQUEUE_HEADER = b"Pothead-Requeue"
 
-#: What a draining worker sends on an idle slot before it closes it: a
-#: requeue signal that also closes the connection.  If the hub sent a
-#: request at that moment, the notice answers it and the hub requeues it.
 #: On an attach request: to how many hubs the slot is offered at once.  A
-#: hub logs the attaches and detaches of such a slot, which come with
+#: hub logs the attaches and detaches of such a slot, which may come with
 #: every job another hub gives it, at debug level only.
 OFFERS_HEADER = b"Pothead-Offers"
 
+#: On an attach request and the hub's C{101}: this end speaks bids
+#: (L{pothead.bidding}).  A worker offers them with L{OFFERS_HEADER}.
+BIDS_HEADER = b"Pothead-Bids"
+
+#: What a draining worker sends on an idle slot before it closes it: a
+#: requeue signal that also closes the connection.  If the hub sent a
+#: request at that moment, the notice answers it and the hub requeues it.
 DETACH_NOTICE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
     + REQUEUE_HEADER
@@ -223,7 +227,10 @@ def attach_request(
         lines.append(b"Authorization: Bearer " + token.encode("utf-8"))
     lines.append(b"Pothead-Worker: " + worker.encode("utf-8", "replace"))
     if offered_to > 1:
+        # Bids (pothead.bidding) are offered with it: a hub that speaks
+        # them says so in its 101.
         lines.append(OFFERS_HEADER + b": %d" % (offered_to,))
+        lines.append(BIDS_HEADER + b": 1")
     return b"\r\n".join(lines) + b"\r\n\r\n"
 
 

@@ -125,8 +125,9 @@ class ResponseReceiver(Protocol):
 
     def unsolicited(self, head: ResponseHead) -> None:
         """
-        The head of a response to no request: a draining worker's detach
-        notice, or a worker gone wrong.
+        The head of a response to no request: a worker's notice (a
+        detach, or a hold or renewal of L{pothead.bidding}), handed on
+        once complete, or a worker gone wrong, handed on before its body.
         """
 
 
@@ -157,6 +158,7 @@ class ResponseReader:
         self._fields: list[tuple[bytes, bytes]] = []
         self._head_buffer = b""
         self._responses = 0
+        self._unsolicited: ResponseHead | None = None
         self.started = False
         self.finished = False
 
@@ -278,7 +280,13 @@ class ResponseReader:
             )
         self._until_close = not lengths and not chunked
         if not self._expected:
-            self._receiver.unsolicited(head)
+            if head.content_length == b"0":
+                # Handed on once complete: the receiver may expect the next
+                # response at once (a renewal, pothead.bidding).
+                self._unsolicited = head
+            else:
+                # Not a notice; the receiver drops it without its body.
+                self._receiver.unsolicited(head)
             return
         if self._head_only:
             # llhttp would wait for the body a Content-Length announces.
@@ -302,6 +310,11 @@ class ResponseReader:
             self._interim = False
         elif self._expected:
             self._complete()
+        elif self._unsolicited is not None:
+            head, self._unsolicited = self._unsolicited, None
+            self._in_head = True
+            self._head_size = 0
+            self._receiver.unsolicited(head)
 
     def _complete(self) -> None:
         self._expected = False

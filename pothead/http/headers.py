@@ -30,6 +30,12 @@ HOP_BY_HOP = frozenset(
 )
 
 
+#: Headers of the hub-worker link itself, which a consumer must not be able
+#: to forge: a bid (L{pothead.bidding}) is told from a job by its
+#: C{Pothead-Bid} header.
+LINK_HEADERS = frozenset({b"pothead-bid"})
+
+
 def forwarded_headers(
     fields: list[tuple[bytes, bytes]],
     client_ip: str,
@@ -40,7 +46,8 @@ def forwarded_headers(
     """
     The headers a worker is sent for a consumer's request, in one pass:
     every end-to-end header in order (repeated ones together, under the
-    name as first spelled), a ``Host`` if the consumer sent none, and the
+    name as first spelled) but the link's own (L{LINK_HEADERS}), a
+    ``Host`` if the consumer sent none, and the
     de-facto ``X-Forwarded-*`` headers.
 
     ``X-Forwarded-For`` is appended to, so that a chain of proxies stays
@@ -55,7 +62,7 @@ def forwarded_headers(
     :param own_host: the hub's own address, the ``Host`` of a request
         without one (needed only then).
     """
-    dropped = HOP_BY_HOP | field_tokens(fields, b"connection")
+    dropped = HOP_BY_HOP | LINK_HEADERS | field_tokens(fields, b"connection")
     kept: dict[bytes, list[bytes]] = {}
     spelled: dict[bytes, bytes] = {}
     for name, value in fields:

@@ -18,6 +18,7 @@ from twisted.web.http_headers import Headers
 from pothead.address import host_port
 from pothead.attach import (
     ATTACH_PATH,
+    BIDS_HEADER,
     DEFAULT_POOL,
     HTTP11_ALPN,
     OFFERS_HEADER,
@@ -26,6 +27,7 @@ from pothead.attach import (
     header_tokens,
 )
 from pothead.http.message import reason_phrase
+from pothead.hub.bidding_slot import BiddingSlot
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
 from pothead.hub.pool import Pool
@@ -172,17 +174,19 @@ class AttachServer(HeadReceiver):
             )
             self._refuse(refusal)
             return
+        late = header_tokens(headers, OFFERS_HEADER.lower()) not in ([], [b"1"])
+        bids = late and header_tokens(headers, BIDS_HEADER.lower()) == [b"1"]
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
-            b"Upgrade: " + upgrade + b"\r\nALPN: " + HTTP11_ALPN + b"\r\n\r\n"
+            b"Upgrade: " + upgrade + b"\r\nALPN: " + HTTP11_ALPN + b"\r\n"
+            + (BIDS_HEADER + b": 1\r\n" if bids else b"") + b"\r\n"
         )
-        # A slot offered to several hubs comes and goes with every job
+        # A slot offered to several hubs may come and go with every job
         # another hub gives it: its attaches are not news.
-        late = header_tokens(headers, OFFERS_HEADER.lower()) not in ([], [b"1"])
         (_log.debug if late else _log.info)(
             "worker {worker} attached to pool {pool}", worker=name, pool=pool.name
         )
-        self.switch_to(Slot(pool, name, offered_elsewhere=late))
+        self.switch_to(BiddingSlot(pool, name) if bids else Slot(pool, name, offered_elsewhere=late))
 
     def head_malformed(self, why: str) -> None:
         self.setTimeout(None)

@@ -66,6 +66,8 @@ class Job:
     :ivar head: the request head to send to a worker, as bytes.
     :ivar body: the request body to send after it, if any.
     :ivar queued_until: when it must leave the queue, while it is queued.
+    :ivar queued_at: when the hub received it; its age in line, which a
+        requeue does not reset.
     :ivar requeued: whether it was put back at the head of the queue.
     """
 
@@ -73,7 +75,7 @@ class Job:
     __slots__ = (
         "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
         "_lost_workers", "_hand_backs", "slot", "gone", "responding", "body", "head",
-        "queued_until", "requeued", "_last_byte",
+        "queued_until", "queued_at", "requeued", "_last_byte",
     )
 
     def __init__(
@@ -85,7 +87,8 @@ class Job:
         self.limits = limits
         # While queued, the pool's timer watches queued_until; once a slot
         # has the job, its own timer watches the request deadline.
-        self._request_deadline = clock.seconds() + limits.request_timeout
+        self.queued_at = clock.seconds()
+        self._request_deadline = self.queued_at + limits.request_timeout
         self._timer: IDelayedCall | None = None
         self.queued_until = self._request_deadline
         self.requeued = False

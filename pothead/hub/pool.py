@@ -26,6 +26,9 @@ class Queued(Protocol):
     #: Whether it was put back at the head of the queue (L{Pool.put_first}).
     requeued: bool
 
+    #: When it first joined the queue.
+    queued_at: float
+
     def waited_too_long(self) -> None:
         """It was taken out of the queue at its C{queued_until}."""
 
@@ -37,6 +40,16 @@ class Attached(Protocol):
 
     def detach(self) -> None:
         """Close the slot's connection gently: the hub is stopping."""
+
+
+class Watching(Protocol):
+    """
+    What a pool needs of a slot that waits, out of line, for a job to
+    be queued (L{Pool.watching}).
+    """
+
+    def job_queued(self) -> None:
+        """A job was queued, with no slot in line to take it."""
 
 
 Q = TypeVar("Q", bound=Queued)
@@ -55,6 +68,11 @@ class Line(DeferredQueue, Generic[Q]):
     def __len__(self) -> int:
         """How many items wait for a getter."""
         return len(self.pending)
+
+    @property
+    def first(self) -> Q:
+        """The item at the head of the line; there must be one."""
+        return self.pending[0]
 
     @property
     def getters(self) -> int:
@@ -131,12 +149,16 @@ class Pool(Generic[Q]):
 
     :ivar name: the pool's name, as workers name it when they attach.
     :ivar slots: the slots attached to this pool now.
+    :ivar watching: slots out of line that want to hear when a job is
+        queued: a slot held by its worker with nothing to bid for it
+        (L{pothead.bidding}).  Each is told once, and leaves the set.
     :ivar turned_away: requests answered 503 because the queue was full.
     """
 
     def __init__(self, name: str, clock: IReactorTime) -> None:
         self.name = name
         self.slots: set[Attached] = set()
+        self.watching: set[Watching] = set()
         self._line: Line[Q] = Line()
         self._clock = clock
         self._expiry: IDelayedCall | None = None
@@ -154,6 +176,16 @@ class Pool(Generic[Q]):
         """How many slots wait for a job."""
         return self._line.getters
 
+    def head_waited(self) -> float | None:
+        """
+        Seconds the job at the head of the line has waited since it first
+        joined, or L{None} when none waits: what the pool bids for a slot
+        offered to several hubs (L{pothead.bidding}).
+        """
+        if not len(self._line):
+            return None
+        return self._clock.seconds() - self._line.first.queued_at
+
     def put(self, job: Q) -> None:
         """
         Queue C{job} behind every job already waiting, until its
@@ -162,6 +194,7 @@ class Pool(Generic[Q]):
         self._line.put(job)
         if self._line.is_last(job):
             self._watch(job.queued_until)
+            self._tell_watching()
 
     def put_first(self, job: Q) -> None:
         """
@@ -170,6 +203,13 @@ class Pool(Generic[Q]):
         """
         if self._line.put_first(job):
             self._watch(job.queued_until)
+            self._tell_watching()
+
+    def _tell_watching(self) -> None:
+        if self.watching:
+            watching, self.watching = self.watching, set()
+            for slot in watching:
+                slot.job_queued()
 
     def get(self) -> Deferred[Q]:
         """

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from pothead.attach import OFFER_HEADER, REQUEUE_HEADER
+from pothead.bidding import HELD
 from pothead.http.client import BadResponse, ResponseHead, ResponseReader
 from pothead.http.sockets import send_now, tune_tcp
 from pothead.hub.body import BufferedBody
@@ -24,6 +25,11 @@ from pothead.hub.job import Job
 from pothead.hub.pool import Pool
 
 _log = Logger()
+
+#: The values of L{OFFER_HEADER} on a requeue signal that mean the worker
+#: gave the slot to another hub's job: the detach notice of late binding,
+#: or the hold notice of bids (L{pothead.bidding}).
+WITHDRAWN = ([b"withdrawn"], [HELD])
 
 
 def is_requeue_signal(head: ResponseHead) -> bool:
@@ -46,6 +52,10 @@ class Slot(Protocol):
     #: Whether the connection serves one request only, as a legacy worker's
     #: (POTHEAD 0.4.3) does, whatever its response says.
     single_use = False
+
+    #: Whether the slot is made available again before a job's consumer
+    #: is answered even when no job waits (see L{response_done}).
+    available_early = False
 
     def __init__(self, pool: Pool[Job], worker: str, offered_elsewhere: bool = False) -> None:
         """
@@ -73,7 +83,7 @@ class Slot(Protocol):
         # Tuned again for a legacy worker's connection, which has no attach.
         tune_tcp(self.transport)
         self.pool.slots.add(self)
-        self._take_next()
+        self._available()
 
     def dataReceived(self, data: bytes) -> None:
         if self._closing:
@@ -215,7 +225,7 @@ class Slot(Protocol):
         self._keep_alive = head.keep_alive
         if is_requeue_signal(head):
             self._handing_back = True
-            self._withdrawn = head.values(OFFER_HEADER.lower()) == [b"withdrawn"]
+            self._withdrawn = head.values(OFFER_HEADER.lower()) in WITHDRAWN
             return
         # Relayed once the rest of this read has parsed: a body that is
         # malformed from its first byte is then still the hub's own 502.
@@ -245,9 +255,12 @@ class Slot(Protocol):
         # job's consumer is answered: finishing a consumer's response
         # costs about as much as sending a job, and the worker would sit
         # idle through it.
-        next_first = reusable and self.connected and not self._closing and self.pool.queued > 0
+        next_first = (
+            reusable and self.connected and not self._closing
+            and (self.available_early or self.pool.queued > 0)
+        )
         if next_first:
-            self._take_next()
+            self._available()
         if self._handing_back:
             # A worker that hands a job back is not ready for another:
             # this slot closes, and the worker reattaches when it is.
@@ -261,7 +274,14 @@ class Slot(Protocol):
         if not reusable:
             self._close()
         else:
-            self._take_next()
+            self._available()
+
+    def _available(self) -> None:
+        """
+        The worker is ready for a job on this connection: attached, or done
+        with the last one.
+        """
+        self._take_next()
 
     def _take_next(self) -> None:
         # The last consumer may have paused this connection; the next

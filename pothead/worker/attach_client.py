@@ -6,10 +6,11 @@ serve HTTP on it.
 from __future__ import annotations
 
 import random
+from enum import Enum
 
 from httptools import HttpResponseParser
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -17,6 +18,7 @@ from twisted.web.http_headers import Headers
 
 from pothead.address import host_port
 from pothead.attach import (
+    BIDS_HEADER,
     DETACH_NOTICE,
     UPGRADE_TOKENS,
     WITHDRAW_NOTICE,
@@ -24,6 +26,18 @@ from pothead.attach import (
     attach_request,
     header_tokens,
 )
+from pothead.bidding import (
+    BID_HEADER,
+    HOLD,
+    HOLD_NOTICE,
+    OPEN,
+    RENEW_NOTICE,
+    TAKE,
+    BadBid,
+    bid_answer,
+    parse_bid,
+)
+from pothead.http.server import ServerRequest
 from pothead.http.sockets import tune_tcp
 from pothead.worker.admission import FixedAdmission, IAdmission
 from pothead.worker.slot_server import SlotChannel, SlotServer
@@ -33,6 +47,31 @@ _log = Logger()
 #: The longest wait between two attempts to reach a hub, in seconds,
 #: before jitter (which adds up to half again).
 MAX_RETRY_DELAY = 5.0
+
+#: Seconds a free slot waits for a hub's bid before it decides without it:
+#: a hub that is stuck, not gone, must not hold the slot from the others.
+BID_PATIENCE = 0.2
+
+
+class Offer(Enum):
+    """
+    Where a slot's offer stands at one hub that speaks bids
+    (L{pothead.bidding}), as the worker sees it.
+    """
+
+    #: The hub bids next: it was attached, served, or renewed.
+    ASKED = "asked"
+    #: Its bid waits for the worker's answer.
+    BID = "bid"
+    #: Answered C{take}: its job (or a new bid) comes next.
+    TAKEN = "taken"
+    #: Answered C{open}: it sends a job whenever it has one.
+    OPEN = "open"
+    #: Held: it sends nothing until renewed.
+    HELD = "held"
+
+
+_AFTER_ANSWER = {TAKE: Offer.TAKEN, HOLD: Offer.HELD, OPEN: Offer.OPEN}
 
 
 class AttachClient(HeadReceiver):
@@ -54,6 +93,7 @@ class AttachClient(HeadReceiver):
         self.name = name
         self.timeout = timeout
         self.callLater = clock.callLater
+        self._clock = clock
         self._attached: Deferred[None] | None = None
         self._channel: SlotChannel | None = None
         self._draining = False
@@ -63,6 +103,16 @@ class AttachClient(HeadReceiver):
         self._prepared: Deferred[None] | None = None
         self._admitting: Deferred | None = None
         self._ticket = None
+        #: Whether the hub speaks bids on this connection.
+        self.bids = False
+        self.offer = Offer.ASKED
+        #: When the hub was last asked to bid.
+        self.asked_at = 0.0
+        #: The last bid: seconds its head job had waited, L{None} for none.
+        self.waited: float | None = None
+        self._bid: ServerRequest | None = None
+        self._serving_job = False
+        self._served = False
 
     def connectionMade(self) -> None:
         # The handshake timeout starts with attach(), not with the connect.
@@ -129,7 +179,10 @@ class AttachClient(HeadReceiver):
             self.transport.loseConnection()
             return
         self.factory.refusals = 0
-        if self._draining or not self.factory.free_for(self):
+        self.bids = header_tokens(headers, BIDS_HEADER.lower()) == [b"1"]
+        # A hub that speaks bids is held, not detached, if the slot was
+        # taken meanwhile (it bids first, and is answered "hold").
+        if self._draining or not (self.bids or self.factory.free_for(self)):
             notice = DETACH_NOTICE if self._draining else WITHDRAW_NOTICE
             # The hub counts this slot as attached already and may have sent
             # it a job: answer that with the detach notice, never a reset.
@@ -141,6 +194,8 @@ class AttachClient(HeadReceiver):
             return
         self._channel = self._server.serve(self)
         self.switch_to(self._channel)
+        if self.bids:
+            self._ask()
         attached, self._attached = self._attached, None
         attached.callback(None)
 
@@ -166,6 +221,11 @@ class AttachClient(HeadReceiver):
             self._detach()
         return closed
 
+    @property
+    def attached(self) -> bool:
+        """Whether the hub is served HTTP on this connection now."""
+        return self._channel is not None and not self._detached and self.connected_now
+
     # The slot channel's Attachment.
 
     @property
@@ -175,23 +235,89 @@ class AttachClient(HeadReceiver):
 
     def detaching(self) -> bool:
         # A gated slot serves one job per admission.
-        return self._draining or self.factory.admission.per_job
+        return self._draining or (self.factory.admission.per_job and self._served)
 
     def channel_idle(self) -> None:
-        self.factory.release(self)
+        if self._serving_job:
+            self._serving_job = False
+            if self.bids:
+                # After every response, the hub bids again.
+                self._ask()
+            self.factory.release(self)
         if self.detaching():
             self._detach()
 
-    def claim(self) -> bool:
+    def claim(self, request: ServerRequest) -> bool:
         """
-        A request arrived: serve it if the slot is free, and take the
-        slot's offers at other hubs back; else hand it back to this hub
-        with the detach notice (it lost the race to another hub's job).
+        A request arrived: a bid, or a job.  Serve a job if the slot is
+        free, and take the slot's offers at other hubs back; else hand it
+        back to this hub with the detach notice (it lost the race to
+        another hub's job).
         """
+        if self.bids:
+            if request.head.values(BID_HEADER.lower()):
+                self._bid_received(request)
+                return False
+            if self.offer is Offer.HELD:
+                # It crossed the hold notice, which the hub takes for its
+                # answer before it closes the connection.
+                self.transport.loseConnection()
+                return False
         if self.factory.claim(self):
+            self._serving_job = self._served = True
             return True
         self._detach(WITHDRAW_NOTICE)
         return False
+
+    # Bids (pothead.bidding): the hub bids, the slot answers.
+
+    def _ask(self) -> None:
+        self.offer = Offer.ASKED
+        self.asked_at = self._clock.seconds()
+
+    def _bid_received(self, request: ServerRequest) -> None:
+        head = request.head
+        try:
+            self.waited = parse_bid(head.method, head.target, head.values(BID_HEADER.lower()))
+        except BadBid as error:
+            _log.warn("slot {slot}: dropping the hub's connection: {why}", slot=self.name,
+                      why=error)
+            self.transport.abortConnection()
+            return
+        self.offer = Offer.BID
+        self._bid = request
+        self.factory.bid_received(self)
+
+    def answer(self, answer: bytes) -> None:
+        """
+        Answer the hub's bid: L{TAKE}, L{HOLD} or L{OPEN}.
+        """
+        request, self._bid = self._bid, None
+        self.offer = _AFTER_ANSWER[answer]
+        request.answer(*bid_answer(answer))
+
+    def renew(self) -> None:
+        """
+        The slot is free again: ask the held hub to bid.
+        """
+        self._ask()
+        self.transport.write(RENEW_NOTICE)
+
+    def withhold(self) -> None:
+        """
+        The slot is busy, draining, or promised to another hub: keep this
+        hub from sending it a job.  A bid is answered C{hold}, an open
+        offer held (or, at a hub without bids, withdrawn).
+        """
+        if not self.bids:
+            self.withdraw()
+        elif not self.attached:
+            return
+        elif self.offer is Offer.BID:
+            self.answer(HOLD)
+        elif self.offer is Offer.OPEN and not self._detached:
+            self.offer = Offer.HELD
+            self.transport.write(HOLD_NOTICE)
 
     def withdraw(self) -> None:
         """
@@ -247,7 +373,7 @@ class AttachClient(HeadReceiver):
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected_now = False
         self.factory.clients.discard(self)
-        self.factory.release(self)
+        self.factory.lost(self)
         self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
         if self._admitting is not None:
             self._admitting.cancel()
@@ -306,6 +432,8 @@ class WorkerSlot(Factory):
             changes as hubs come and go.
         """
         self._args = (server, pool, token, name, timeout, clock)
+        self._clock = clock
+        self._patience: IDelayedCall | None = None
         self.offered_to = offered_to
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
@@ -324,9 +452,7 @@ class WorkerSlot(Factory):
         if not self.free_for(client):
             return False
         self._serving = client
-        for other in self.clients:
-            if other is not client:
-                other.withdraw()
+        self.settle()
         return True
 
     def free_for(self, client: AttachClient) -> bool:
@@ -334,9 +460,79 @@ class WorkerSlot(Factory):
         return self._serving is None or self._serving is client
 
     def release(self, client: AttachClient) -> None:
-        """C{client} serves no request now (idle, or gone)."""
+        """C{client} serves no job now: the slot is free, offered again."""
         if self._serving is client:
             self._serving = None
+            self.settle()
+
+    def lost(self, client: AttachClient) -> None:
+        """C{client}'s connection is gone: its bid, or its job, with it."""
+        if self._serving is client:
+            self.release(client)
+        else:
+            self.settle()
+
+    def bid_received(self, client: AttachClient) -> None:
+        """
+        C{client}'s hub bid: after an attach, a job or a renewal, or after
+        it was told to take and had nothing left to send.
+        """
+        if self._serving is client:
+            self._serving = None
+        self.settle()
+
+    def settle(self) -> None:
+        """
+        Decide every offer of this slot, after anything that may change
+        one (L{pothead.bidding}; docs/protocol.md, section 6b).
+
+        Busy, promised, or draining, the slot is held everywhere else.
+        Free, it asks every held hub that last bid for a job to bid again,
+        and waits for every bid asked for (a hub silent for
+        L{BID_PATIENCE} is not waited for); a held hub that last said it
+        had none bids of its own accord when it has one.  Then the oldest
+        job wins: that hub is told to take, the others to hold.  If no hub
+        has a job, every hub may send its next one as soon as it comes:
+        the offer is open everywhere, and the first job takes the slot.
+        """
+        if self._patience is not None and self._patience.active():
+            self._patience.cancel()
+        self._patience = None
+        bidding = [c for c in self.clients if c.bids and c.attached]
+        if self._serving is not None or self.draining:
+            for client in list(self.clients):
+                if client is not self._serving:
+                    client.withhold()
+            return
+        now = self._clock.seconds()
+        held = [c for c in bidding if c.offer is Offer.HELD and not c.detaching()]
+        for client in held:
+            if client.waited is not None:
+                client.renew()
+        asked = [c.asked_at for c in bidding if c.offer is Offer.ASKED]
+        waiting = [at for at in asked if now - at < BID_PATIENCE]
+        if waiting:
+            self._patience = self._clock.callLater(
+                min(waiting) + BID_PATIENCE - now, self.settle
+            )
+            return
+        bids = [c for c in bidding if c.offer is Offer.BID]
+        priced = [c for c in bids if c.waited is not None and not c.detaching()]
+        if not priced:
+            for client in bids:
+                client.answer(HOLD if client.detaching() else OPEN)
+            # Nobody has a job: the hubs held with nothing to bid are asked
+            # too, so that the offer is open everywhere.
+            for client in held:
+                if client.offer is Offer.HELD:
+                    client.renew()
+            return
+        winner = max(priced, key=lambda c: c.waited)
+        self._serving = winner
+        winner.answer(TAKE)
+        for client in list(self.clients):
+            if client is not winner:
+                client.withhold()
 
     def app_call_started(self) -> None:
         """
@@ -384,4 +580,7 @@ class WorkerSlot(Factory):
         Stop reattaching, and drain every open connection.
         """
         self.draining = True
-        return gatherResults([client.drain() for client in list(self.clients)])
+        drained = gatherResults([client.drain() for client in list(self.clients)])
+        # Bids waiting for an answer are held, so those connections detach.
+        self.settle()
+        return drained

@@ -280,10 +280,11 @@ class Attachment(Protocol):
     def detaching(self) -> bool:
         """Whether the slot detaches at its next idle moment."""
 
-    def claim(self) -> bool:
+    def claim(self, request: ServerRequest) -> bool:
         """
-        A request arrived: whether the slot serves it.  If not, the
-        attachment has answered it already (handed back to the hub).
+        A request arrived: whether the app serves it.  If not, the
+        attachment has dealt with it: a bid it answers, or a job handed
+        back to the hub.
         """
 
     def app_call_started(self) -> None:
@@ -307,7 +308,7 @@ class Unattached:
     def detaching(self) -> bool:
         return False
 
-    def claim(self) -> bool:
+    def claim(self, request: ServerRequest) -> bool:
         return True
 
     def app_call_started(self) -> None:
@@ -381,8 +382,8 @@ class SlotServer(Factory):
         return SlotChannel(self, attachment)
 
     def handle(self, request: WSGIRequest) -> None:
-        if not request.channel.attachment.claim():
-            # Another hub's job has the slot: this request was handed back.
+        if not request.channel.attachment.claim(request):
+            # A bid, or a job handed back: another hub's job has the slot.
             return
         if request.content is None:
             request.content = BytesIO()
