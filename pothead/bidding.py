@@ -5,29 +5,39 @@ both ends.
 
 A worker that offers a slot to several hubs says C{Pothead-Bids: 1} in its
 attach request (L{pothead.attach.BIDS_HEADER}); a hub that knows bids says
-it back in its C{101}.  On such
-a connection the hub does not send a job whenever it has one: it first
-I{bids}, with a small request that says how long the job at the head of its
-line has waited (or that it has none), and the worker, having heard from
-every hub the slot is offered to, answers each bid:
+it back in its C{101}.  On such a connection the hub does not send a job
+whenever it has one: it I{bids}, with a small request that says how long
+the job at the head of its line has waited (or that it has none), and the
+worker answers:
 
-  - C{take}: send your head job now (the oldest bid wins);
-  - C{hold}: send nothing until the worker renews the offer;
-  - C{open}: nobody had a job; send your next one as soon as it comes.
+  - C{take}: send your head job now;
+  - C{hold}: not now; bid again when you have a job;
+  - C{open}: nobody has a job; send your next one as soon as it comes.
 
-Outside bids the worker sends two notices of its own on an idle
-connection: the I{hold} notice, which withdraws an open offer and keeps the
-connection (a requeue signal, so a job the hub sent at that moment is
-taken back by it), and the I{renew} notice, on which a held hub bids again.
+A bid for a job made while the slot is busy stands, unanswered, until the
+slot is free; the oldest job then wins.  The hub whose job just ended says
+how long its next job had waited in the job's own request
+(C{Pothead-Next}), and hears its verdict, one of the three answers,
+right after the response: when it is the one, its next job goes out as
+soon as a single hub's would.
+
+The worker's I{hold} notice withdraws an open offer and keeps the
+connection; it is a requeue signal, so a job the hub sent at that moment
+is taken back by the hub, which then closes the connection.
 """
 
 from __future__ import annotations
 
 from pothead.attach import OFFER_HEADER, REQUEUE_HEADER
+from pothead.http.request import RequestHead
 
 #: In a bid: how long the hub's head job has waited, in milliseconds, or
 #: C{none}.
 BID_HEADER = b"Pothead-Bid"
+
+#: Last in a job's request: how long the job behind it in the hub's line
+#: had waited, in milliseconds, or C{none}.  The worker takes it off.
+NEXT_HEADER = b"Pothead-Next"
 
 #: The worker's answers to a bid, as the value of L{OFFER_HEADER}.
 TAKE = b"take"
@@ -35,10 +45,9 @@ HOLD = b"hold"
 OPEN = b"open"
 ANSWERS = frozenset({TAKE, HOLD, OPEN})
 
-#: On a requeue signal or a renew notice: what the worker does with the
-#: offer.  A hold notice keeps the connection open.
+#: On a requeue signal: the worker holds the offer, and keeps the
+#: connection open.
 HELD = b"held"
-RENEWED = b"renewed"
 
 HOLD_NOTICE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"
@@ -46,13 +55,22 @@ HOLD_NOTICE = (
     + OFFER_HEADER + b": " + HELD + b"\r\nContent-Length: 0\r\n\r\n"
 )
 
-RENEW_NOTICE = (
-    b"HTTP/1.1 200 OK\r\n" + OFFER_HEADER + b": " + RENEWED + b"\r\nContent-Length: 0\r\n\r\n"
-)
+
+
+def verdict_notice(answer: bytes) -> bytes:
+    """
+    The worker's answer to the hub whose job just ended, sent unasked
+    right after the response.
+    """
+    return b"HTTP/1.1 200 OK\r\n" + OFFER_HEADER + b": " + answer + b"\r\nContent-Length: 0\r\n\r\n"
 
 #: The request line of a bid; its target is the server as a whole.
 BID_METHOD = b"OPTIONS"
 BID_TARGET = b"*"
+
+
+def _milliseconds(waited: float | None) -> bytes:
+    return b"none" if waited is None else b"%.3f" % (max(0.0, waited) * 1000,)
 
 
 def bid_request(waited: float | None) -> bytes:
@@ -62,11 +80,36 @@ def bid_request(waited: float | None) -> bytes:
     :param waited: seconds the hub's head job has waited, or L{None} when
         its line is empty.
     """
-    value = b"none" if waited is None else b"%.3f" % (max(0.0, waited) * 1000,)
     return (
         BID_METHOD + b" " + BID_TARGET + b" HTTP/1.1\r\nHost: pothead\r\n"
-        + BID_HEADER + b": " + value + b"\r\n\r\n"
+        + BID_HEADER + b": " + _milliseconds(waited) + b"\r\n\r\n"
     )
+
+
+def with_next(head: bytes, waited: float | None) -> bytes:
+    """
+    A job's request head with L{NEXT_HEADER} added last.
+
+    :param waited: seconds the next job in line had waited, or L{None}.
+    """
+    return head[:-2] + NEXT_HEADER + b": " + _milliseconds(waited) + b"\r\n\r\n"
+
+
+def next_waited(head: RequestHead) -> float | None:
+    """
+    Take L{NEXT_HEADER} off a job's request head (the app does not see it):
+    how long the hub's next job had waited, in seconds, or L{None} for
+    none, or for a value that is not a number.
+    """
+    fields = head.fields
+    if not fields or fields[-1][0].lower() != b"pothead-next":
+        return None
+    value = fields.pop()[1].strip()
+    try:
+        waited = float(value) / 1000
+    except ValueError:
+        return None
+    return waited if 0.0 <= waited < 1e9 else None
 
 
 def bid_answer(answer: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:

@@ -32,8 +32,9 @@ HOP_BY_HOP = frozenset(
 
 #: Headers of the hub-worker link itself, which a consumer must not be able
 #: to forge: a bid (L{pothead.bidding}) is told from a job by its
-#: C{Pothead-Bid} header.
-LINK_HEADERS = frozenset({b"pothead-bid"})
+#: C{Pothead-Bid} header, and a job says what waits behind it with
+#: C{Pothead-Next}.
+LINK_HEADERS = frozenset({b"pothead-bid", b"pothead-next"})
 
 
 def forwarded_headers(

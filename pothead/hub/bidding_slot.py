@@ -1,6 +1,6 @@
 """
 A slot whose worker offers it to several hubs and takes the oldest job
-among them: before it sends a job, the hub bids with its head job's age
+among them: the hub bids with its head job's age before it sends a job
 (L{pothead.bidding}; docs/protocol.md, section 6b).
 """
 
@@ -9,9 +9,10 @@ from __future__ import annotations
 from twisted.logger import Logger
 
 from pothead.attach import OFFER_HEADER
-from pothead.bidding import BID_METHOD, HELD, HOLD, OPEN, RENEWED, TAKE, bid_request
+from pothead.bidding import BID_METHOD, HELD, HOLD, OPEN, TAKE, bid_request, with_next
 from pothead.http.client import ResponseHead
 from pothead.hub.job import Job
+from pothead.hub.pool import Pool
 from pothead.hub.slot import Slot, is_requeue_signal
 
 _log = Logger()
@@ -21,52 +22,52 @@ class BiddingSlot(Slot):
     """
     A L{Slot} that asks before it takes a job.
 
-    Whenever the worker is ready for one on this connection (attached, done
-    with a job, or renewed), the slot bids, and what it does next is the
-    worker's answer: C{take} sends the head job (or bids again if the line
-    emptied meanwhile), C{open} waits in line as any slot does, C{hold}
-    waits.  An open slot the worker holds (another hub's job took it)
-    leaves the line.
-
-    A held slot whose worker last heard "none" from it is not renewed
-    when the slot is free again: the worker does not wait for a hub it
-    knows has nothing.  So that slot bids of its own accord as soon as a
-    job is queued (L{Pool.watching}).
+    Once attached, the slot bids; after each job, its worker tells it
+    unasked, right after the response, what to do next.  Either way the
+    worker's answer decides: C{take} sends the head job (or bids again if
+    the line emptied meanwhile), C{open} waits in line as any slot does,
+    C{hold} bids again if jobs wait and otherwise waits, out of line, for
+    one to be queued (L{Pool.watching}).  An open slot the worker holds
+    (another hub's job took it) leaves the line.
     """
 
-    # The worker waits for this slot's bid before it gives the slot to
-    # any hub: it goes before the consumer's response is finished.
+    # The worker decides where the slot goes as soon as the response is
+    # complete: the slot is ready for its answer before the consumer has
+    # the whole response.
     available_early = True
 
-    def __init__(self, pool, worker: str) -> None:
+    def __init__(self, pool: Pool[Job], worker: str) -> None:
         super().__init__(pool, worker, offered_elsewhere=True)
         self._bidding = False
         self._answer: ResponseHead | None = None
         self._taking = False
-        self._priced = False
+        self._served_one = False
 
     def _available(self) -> None:
-        self._bid()
+        if self._served_one:
+            # The verdict follows the response: an answer to a bid unmade.
+            self._expect_answer()
+        else:
+            self._bid()
 
-    def _bid(self) -> None:
-        self.pool.watching.discard(self)
+    def _expect_answer(self) -> None:
         self._bidding = True
         self._taking = False
         self._answer = None
         self._responses.expect(BID_METHOD)
+
+    def _bid(self) -> None:
+        self.pool.watching.discard(self)
+        self._expect_answer()
         # As before any job: the last consumer may have paused reading.
         self.transport.resumeProducing()
-        waited = self.pool.head_waited()
-        self._priced = waited is not None
-        self.transport.write(bid_request(waited))
+        self.transport.write(bid_request(self.pool.head_waited()))
 
     def _hold(self) -> None:
         """
-        Send nothing until renewed; a worker that heard "none" from this
-        slot will not renew it, so it bids when there is a job.
+        Not now: bid again at once if jobs wait (the bid stands at the
+        worker until the slot is free), else when one is queued.
         """
-        if self._priced:
-            return
         if self.pool.queued:
             self._bid()
         else:
@@ -105,11 +106,6 @@ class BiddingSlot(Slot):
             self._take_next()
         elif answer == [HOLD]:
             self._hold()
-        elif answer == [RENEWED]:
-            # A renewal crossed a bid this slot made of its own accord:
-            # the bid stands, and its answer is still to come.
-            self._bidding = True
-            self._responses.expect(BID_METHOD)
         elif is_requeue_signal(head):
             # The worker detached (draining) as the bid went out.
             _log.debug("worker {worker} detached", worker=self.worker)
@@ -132,19 +128,17 @@ class BiddingSlot(Slot):
     def _serve(self, job: Job) -> None:
         if not job.over:
             self._taking = False
+            self._served_one = True
         super()._serve(job)
 
+    def _request_head(self, job: Job) -> bytes:
+        # The job has left the line: its head is the next job.
+        return with_next(job.head, self.pool.head_waited())
+
     def unsolicited(self, head: ResponseHead) -> None:
-        offer = head.values(OFFER_HEADER.lower())
-        if offer == [HELD] and is_requeue_signal(head):
-            # Another hub's job took the slot: out of the line.  It was
-            # open, so the worker last heard "none" from it.
+        if head.values(OFFER_HEADER.lower()) == [HELD] and is_requeue_signal(head):
+            # Another hub's job took the slot: out of the line.
             self._leave_line()
-            self._priced = False
             self._hold()
-            return
-        if offer == [RENEWED] and head.code == 200:
-            if self._waiting is None and self.job is None:
-                self._bid()
             return
         super().unsolicited(head)

@@ -178,10 +178,14 @@ class Slot(Protocol):
         self._handing_back = False
         self._responses.expect(job.method)
         job.taken(self)
-        self.transport.write(job.head)
+        self.transport.write(self._request_head(job))
         if job.body is not None:
             self._send_body(job.body)
         send_now(self.transport)
+
+    def _request_head(self, job: Job) -> bytes:
+        """What the worker is sent of C{job} before its body."""
+        return job.head
 
     def _send_body(self, body: BufferedBody) -> None:
         """

@@ -10,7 +10,7 @@ from enum import Enum
 
 from httptools import HttpResponseParser
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -31,11 +31,12 @@ from pothead.bidding import (
     HOLD,
     HOLD_NOTICE,
     OPEN,
-    RENEW_NOTICE,
     TAKE,
     BadBid,
     bid_answer,
+    next_waited,
     parse_bid,
+    verdict_notice,
 )
 from pothead.http.server import ServerRequest
 from pothead.http.sockets import tune_tcp
@@ -48,26 +49,19 @@ _log = Logger()
 #: before jitter (which adds up to half again).
 MAX_RETRY_DELAY = 5.0
 
-#: Seconds a free slot waits for a hub's bid before it decides without it:
-#: a hub that is stuck, not gone, must not hold the slot from the others.
-BID_PATIENCE = 0.2
-
-
 class Offer(Enum):
     """
     Where a slot's offer stands at one hub that speaks bids
     (L{pothead.bidding}), as the worker sees it.
     """
 
-    #: The hub bids next: it was attached, served, or renewed.
-    ASKED = "asked"
-    #: Its bid waits for the worker's answer.
+    #: Its bid for a job stands, unanswered, until the slot is free.
     BID = "bid"
-    #: Answered C{take}: its job (or a new bid) comes next.
+    #: Told to take: its job (or a bid of none) comes next.
     TAKEN = "taken"
-    #: Answered C{open}: it sends a job whenever it has one.
+    #: Told open: it sends a job whenever it has one.
     OPEN = "open"
-    #: Held: it sends nothing until renewed.
+    #: No bid stands: the hub bids when it has a job.
     HELD = "held"
 
 
@@ -105,11 +99,12 @@ class AttachClient(HeadReceiver):
         self._ticket = None
         #: Whether the hub speaks bids on this connection.
         self.bids = False
-        self.offer = Offer.ASKED
-        #: When the hub was last asked to bid.
-        self.asked_at = 0.0
-        #: The last bid: seconds its head job had waited, L{None} for none.
+        self.offer = Offer.HELD
+        #: What its last bid said: seconds its head job had waited, or
+        #: L{None} for none.
         self.waited: float | None = None
+        #: The hub, as the worker's record of its line knows it.
+        self.hub = ""
         self._bid: ServerRequest | None = None
         self._serving_job = False
         self._served = False
@@ -117,6 +112,7 @@ class AttachClient(HeadReceiver):
     def connectionMade(self) -> None:
         # The handshake timeout starts with attach(), not with the connect.
         self.connected_now = True
+        self.hub = host_port(self.transport.getPeer(), unix="localhost")
         self.factory.clients.add(self)
         tune_tcp(self.transport)
 
@@ -194,8 +190,6 @@ class AttachClient(HeadReceiver):
             return
         self._channel = self._server.serve(self)
         self.switch_to(self._channel)
-        if self.bids:
-            self._ask()
         attached, self._attached = self._attached, None
         attached.callback(None)
 
@@ -217,7 +211,8 @@ class AttachClient(HeadReceiver):
                 self.transport.loseConnection()
             # Otherwise the hub's answer to the attach decides; see
             # head_received.
-        elif not self._channel.busy:
+        elif not self._channel.busy or self.offer is Offer.BID:
+            # The detach notice answers a standing bid too.
             self._detach()
         return closed
 
@@ -238,14 +233,11 @@ class AttachClient(HeadReceiver):
         return self._draining or (self.factory.admission.per_job and self._served)
 
     def channel_idle(self) -> None:
-        if self._serving_job:
-            self._serving_job = False
-            if self.bids:
-                # After every response, the hub bids again.
-                self._ask()
-            self.factory.release(self)
         if self.detaching():
             self._detach()
+        if self._serving_job:
+            self._serving_job = False
+            self.factory.job_done(self)
 
     def claim(self, request: ServerRequest) -> bool:
         """
@@ -263,6 +255,7 @@ class AttachClient(HeadReceiver):
                 # answer before it closes the connection.
                 self.transport.loseConnection()
                 return False
+            self.factory.lines.heard(self.hub, next_waited(request.head), self._clock.seconds())
         if self.factory.claim(self):
             self._serving_job = self._served = True
             return True
@@ -271,9 +264,12 @@ class AttachClient(HeadReceiver):
 
     # Bids (pothead.bidding): the hub bids, the slot answers.
 
-    def _ask(self) -> None:
-        self.offer = Offer.ASKED
-        self.asked_at = self._clock.seconds()
+    def waited_now(self, now: float) -> float | None:
+        """
+        How long the hub's head job has waited now, as far as the worker
+        knows (L{HubLines}).
+        """
+        return self.factory.lines.waited_now(self.hub, now)
 
     def _bid_received(self, request: ServerRequest) -> None:
         head = request.head
@@ -286,36 +282,42 @@ class AttachClient(HeadReceiver):
             return
         self.offer = Offer.BID
         self._bid = request
+        if self.waited is not None:
+            self.factory.lines.standing(self, True)
+        self.factory.lines.heard(self.hub, self.waited, self._clock.seconds())
         self.factory.bid_received(self)
 
     def answer(self, answer: bytes) -> None:
         """
-        Answer the hub's bid: L{TAKE}, L{HOLD} or L{OPEN}.
+        Answer the hub's standing bid: L{TAKE}, L{HOLD} or L{OPEN}.
         """
         request, self._bid = self._bid, None
         self.offer = _AFTER_ANSWER[answer]
+        self.factory.lines.standing(self, False)
         request.answer(*bid_answer(answer))
 
-    def renew(self) -> None:
+    def verdict(self, answer: bytes) -> None:
         """
-        The slot is free again: ask the held hub to bid.
+        Tell the hub, right after its job's response, what it does next:
+        L{TAKE}, L{HOLD} or L{OPEN}, as if it had bid.
         """
-        self._ask()
-        self.transport.write(RENEW_NOTICE)
+        self.offer = _AFTER_ANSWER[answer]
+        self.transport.write(verdict_notice(answer))
 
     def withhold(self) -> None:
         """
-        The slot is busy, draining, or promised to another hub: keep this
-        hub from sending it a job.  A bid is answered C{hold}, an open
-        offer held (or, at a hub without bids, withdrawn).
+        The slot is busy, or promised to another hub: keep this hub from
+        sending it a job.  An open offer is held (at a hub without bids,
+        withdrawn), a bid of none answered C{hold}; a bid for a job
+        stands, to be weighed when the slot is free.
         """
         if not self.bids:
             self.withdraw()
         elif not self.attached:
             return
-        elif self.offer is Offer.BID:
+        elif self.offer is Offer.BID and self.waited is None:
             self.answer(HOLD)
-        elif self.offer is Offer.OPEN and not self._detached:
+        elif self.offer is Offer.OPEN:
             self.offer = Offer.HELD
             self.transport.write(HOLD_NOTICE)
 
@@ -373,6 +375,7 @@ class AttachClient(HeadReceiver):
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected_now = False
         self.factory.clients.discard(self)
+        self.factory.lines.standing(self, False)
         self.factory.lost(self)
         self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
         if self._admitting is not None:
@@ -392,6 +395,50 @@ class AttachClient(HeadReceiver):
             self.factory.refusals += 1
             _log.warn("slot {slot} not attached: {why}", slot=self.name, why=why)
             attached.callback(None)
+
+
+class HubLines:
+    """
+    What a worker last heard of each hub's line, from any of its slots:
+    how long the hub's head job had waited, and when it heard so.
+
+    A bid made on one slot's connection goes stale once the hub hands its
+    head job to another slot; the hub's next message on any connection (a
+    bid, or a job saying what is next in line) says what is at the head
+    now.  A hub heard to have nothing has its standing bids answered
+    "hold", so that it bids again when it has a job.
+    """
+
+    def __init__(self) -> None:
+        self._heard: dict[str, tuple[float | None, float]] = {}
+        self._standing: dict[str, set[AttachClient]] = {}
+
+    def heard(self, hub: str, waited: float | None, at: float) -> None:
+        """
+        C{hub} said its head job had waited C{waited} seconds (L{None}:
+        it has none) at C{at}.
+        """
+        self._heard[hub] = (waited, at)
+        if waited is None:
+            for client in list(self._standing.pop(hub, ())):
+                if client.offer is Offer.BID and client.attached:
+                    client.answer(HOLD)
+
+    def waited_now(self, hub: str, now: float) -> float | None:
+        """How long C{hub}'s head job has waited at C{now}, as last heard."""
+        waited, at = self._heard.get(hub, (None, now))
+        return None if waited is None else waited + now - at
+
+    def standing(self, client: AttachClient, stands: bool) -> None:
+        """Whether C{client}'s hub has a bid for a job standing on it."""
+        if stands:
+            self._standing.setdefault(client.hub, set()).add(client)
+        else:
+            standing = self._standing.get(client.hub)
+            if standing is not None:
+                standing.discard(client)
+                if not standing:
+                    del self._standing[client.hub]
 
 
 def retry_delay(attempt: int) -> float:
@@ -425,15 +472,18 @@ class WorkerSlot(Factory):
 
     def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
                  timeout: float, clock: IReactorTime,
-                 admission: IAdmission | None = None, offered_to: int = 1) -> None:
+                 admission: IAdmission | None = None, offered_to: int = 1,
+                 lines: HubLines | None = None) -> None:
         """
         :param offered_to: how many hubs the slot is offered to at once,
             each through a connection of its own (late binding); it
             changes as hubs come and go.
+        :param lines: what the worker knows of each hub's line, shared by
+            all its slots.
         """
         self._args = (server, pool, token, name, timeout, clock)
         self._clock = clock
-        self._patience: IDelayedCall | None = None
+        self.lines = lines or HubLines()
         self.offered_to = offered_to
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
@@ -445,94 +495,93 @@ class WorkerSlot(Factory):
 
     def claim(self, client: AttachClient) -> bool:
         """
-        A request arrived on C{client}: whether the slot is free to serve
-        it.  If so, it is C{client}'s until its channel is idle again, and
-        its offers at the other hubs are withdrawn.
+        A job arrived on C{client}: whether the slot is free to serve it.
+        If so, it is C{client}'s until its channel is idle again, and its
+        offers at the other hubs are withheld.
         """
         if not self.free_for(client):
             return False
-        self._serving = client
-        self.settle()
+        self._give(client)
         return True
 
     def free_for(self, client: AttachClient) -> bool:
         """Whether no other connection of this slot serves a request now."""
         return self._serving is None or self._serving is client
 
-    def release(self, client: AttachClient) -> None:
-        """C{client} serves no job now: the slot is free, offered again."""
-        if self._serving is client:
-            self._serving = None
-            self.settle()
+    def _give(self, client: AttachClient) -> None:
+        self._serving = client
+        for other in list(self.clients):
+            if other is not client:
+                other.withhold()
 
     def lost(self, client: AttachClient) -> None:
-        """C{client}'s connection is gone: its bid, or its job, with it."""
+        """C{client}'s connection is gone, and with it its job or its bid."""
         if self._serving is client:
-            self.release(client)
-        else:
-            self.settle()
+            self._serving = None
+            self._free()
 
     def bid_received(self, client: AttachClient) -> None:
         """
-        C{client}'s hub bid: after an attach, a job or a renewal, or after
+        C{client}'s hub bid: after its attach, when a job came to its line
+        while it was held, after a hold with jobs still waiting, or when
         it was told to take and had nothing left to send.
         """
         if self._serving is client:
             self._serving = None
-        self.settle()
-
-    def settle(self) -> None:
-        """
-        Decide every offer of this slot, after anything that may change
-        one (L{pothead.bidding}; docs/protocol.md, section 6b).
-
-        Busy, promised, or draining, the slot is held everywhere else.
-        Free, it asks every held hub that last bid for a job to bid again,
-        and waits for every bid asked for (a hub silent for
-        L{BID_PATIENCE} is not waited for); a held hub that last said it
-        had none bids of its own accord when it has one.  Then the oldest
-        job wins: that hub is told to take, the others to hold.  If no hub
-        has a job, every hub may send its next one as soon as it comes:
-        the offer is open everywhere, and the first job takes the slot.
-        """
-        if self._patience is not None and self._patience.active():
-            self._patience.cancel()
-        self._patience = None
-        bidding = [c for c in self.clients if c.bids and c.attached]
         if self._serving is not None or self.draining:
-            for client in list(self.clients):
-                if client is not self._serving:
-                    client.withhold()
+            if client.waited is None:
+                client.answer(HOLD)
+            # A bid for a job stands until the slot is free.
             return
-        now = self._clock.seconds()
-        held = [c for c in bidding if c.offer is Offer.HELD and not c.detaching()]
-        for client in held:
-            if client.waited is not None:
-                client.renew()
-        asked = [c.asked_at for c in bidding if c.offer is Offer.ASKED]
-        waiting = [at for at in asked if now - at < BID_PATIENCE]
-        if waiting:
-            self._patience = self._clock.callLater(
-                min(waiting) + BID_PATIENCE - now, self.settle
-            )
+        if not self._free():
+            client.answer(OPEN)
+
+    def job_done(self, client: AttachClient) -> None:
+        """
+        C{client}'s job is done: the slot goes to the oldest job any hub
+        has bid for, the one C{client}'s hub said it had next included.
+        That hub hears the verdict right after the response, so that, if
+        it is the one, its next job comes as soon as a single hub's would.
+        """
+        self._serving = None
+        if self.draining or client.detaching():
+            self._free()
             return
-        bids = [c for c in bidding if c.offer is Offer.BID]
-        priced = [c for c in bids if c.waited is not None and not c.detaching()]
-        if not priced:
-            for client in bids:
-                client.answer(HOLD if client.detaching() else OPEN)
-            # Nobody has a job: the hubs held with nothing to bid are asked
-            # too, so that the offer is open everywhere.
-            for client in held:
-                if client.offer is Offer.HELD:
-                    client.renew()
-            return
-        winner = max(priced, key=lambda c: c.waited)
-        self._serving = winner
-        winner.answer(TAKE)
-        for client in list(self.clients):
-            if client is not winner:
-                client.withhold()
+        if client.bids:
+            now = self._clock.seconds()
+            mine = client.waited_now(now)
+            best = self._oldest_bid(now)
+            if best is None or (mine is not None and mine >= best.waited_now(now)):
+                if mine is None:
+                    client.verdict(OPEN)
+                else:
+                    client.verdict(TAKE)
+                    self._give(client)
+                return
+            client.verdict(HOLD)
+        self._free()
+
+    def _oldest_bid(self, now: float) -> AttachClient | None:
+        bids = [
+            c for c in self.clients
+            if c.offer is Offer.BID and c.waited is not None and c.attached and not c.detaching()
+        ]
+        return max(bids, key=lambda c: c.waited_now(now), default=None)
+
+    def _free(self) -> bool:
+        """
+        The slot is free: give it to the oldest job bid for, if any.
+
+        :return: whether there was one.
+        """
+        if self.draining:
+            return False
+        best = self._oldest_bid(self._clock.seconds())
+        if best is None:
+            return False
+        best.answer(TAKE)
+        self._give(best)
+        return True
 
     def app_call_started(self) -> None:
         """
@@ -580,7 +629,4 @@ class WorkerSlot(Factory):
         Stop reattaching, and drain every open connection.
         """
         self.draining = True
-        drained = gatherResults([client.drain() for client in list(self.clients)])
-        # Bids waiting for an answer are held, so those connections detach.
-        self.settle()
-        return drained
+        return gatherResults([client.drain() for client in list(self.clients)])

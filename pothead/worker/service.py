@@ -25,7 +25,7 @@ from twisted.logger import Logger
 
 from pothead.exit import exit_cleanly
 from pothead.worker.admission import FixedAdmission, IAdmission
-from pothead.worker.attach_client import WorkerSlot
+from pothead.worker.attach_client import HubLines, WorkerSlot
 from pothead.worker.environ import WSGIApp, behind_hub
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL, HubSet
@@ -175,8 +175,10 @@ def worker_service(
     threads = AppThreads(slots, name="pothead-wsgi")
     AppThreadsService(threads, reactor).setServiceParent(service)
     server = slot_server(reactor, threads, app)
+    lines = HubLines()
     service.slots = [
-        WorkerSlot(server, pool, token, slot_name(index), attach_timeout, reactor, admission)
+        WorkerSlot(server, pool, token, slot_name(index), attach_timeout, reactor, admission,
+                   lines=lines)
         for index in range(slots)
     ]
     if spread == "even":
