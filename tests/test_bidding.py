@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
+from twisted.python.failure import Failure
 from twisted.web.wsgi import WSGIResource
 
 from pothead.attach import DETACH_NOTICE, attach_request
@@ -576,3 +577,20 @@ async def test_bids_keep_the_connections_through_load():
         await worker.stopService()
         await first.stop()
         await second.stop()
+
+
+@pytest.mark.unit
+def test_a_hub_told_to_take_that_sends_nothing_loses_the_slot_after_the_attach_timeout():
+    calls: list = []
+    slot, [(a, at_a), (b, at_b)], clock = offered(2, calls)
+    a.dataReceived(bid_request(0.004))
+    b.dataReceived(bid_request(0.002))
+    assert (answered(at_a), answered(at_b)) == (b"take", None)
+    clock.advance(2.9)
+    assert not at_a.disconnecting
+    clock.advance(0.2)  # the slot's attach timeout is 3 s here
+    assert at_a.disconnecting
+    a.connectionLost(Failure(ConnectionError()))
+    assert answered(at_b) == b"take"
+    b.dataReceived(job(b"/b", None))
+    assert calls == ["/b"] and clock.getDelayedCalls() == []

@@ -10,7 +10,7 @@ from enum import Enum
 
 from httptools import HttpResponseParser
 from twisted.internet.defer import Deferred, gatherResults, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -106,6 +106,7 @@ class AttachClient(HeadReceiver):
         #: The hub, as the worker's record of its line knows it.
         self.hub = ""
         self._bid: ServerRequest | None = None
+        self._promised: IDelayedCall | None = None
         self._serving_job = False
         self._served = False
 
@@ -256,6 +257,7 @@ class AttachClient(HeadReceiver):
                 self.transport.loseConnection()
                 return False
             self.factory.lines.heard(self.hub, next_waited(request.head), self._clock.seconds())
+            self._keep_promise()
         if self.factory.claim(self):
             self._serving_job = self._served = True
             return True
@@ -280,7 +282,7 @@ class AttachClient(HeadReceiver):
                       why=error)
             self.transport.abortConnection()
             return
-        self.offer = Offer.BID
+        self._offer(Offer.BID)
         self._bid = request
         if self.waited is not None:
             self.factory.lines.standing(self, True)
@@ -292,7 +294,7 @@ class AttachClient(HeadReceiver):
         Answer the hub's standing bid: L{TAKE}, L{HOLD} or L{OPEN}.
         """
         request, self._bid = self._bid, None
-        self.offer = _AFTER_ANSWER[answer]
+        self._offer(_AFTER_ANSWER[answer])
         self.factory.lines.standing(self, False)
         request.answer(*bid_answer(answer))
 
@@ -301,8 +303,31 @@ class AttachClient(HeadReceiver):
         Tell the hub, right after its job's response, what it does next:
         L{TAKE}, L{HOLD} or L{OPEN}, as if it had bid.
         """
-        self.offer = _AFTER_ANSWER[answer]
+        self._offer(_AFTER_ANSWER[answer])
         self.transport.write(verdict_notice(answer))
+
+    def _offer(self, offer: Offer) -> None:
+        self.offer = offer
+        self._keep_promise()
+        if offer is Offer.TAKEN:
+            # A hub told to take that sends nothing (stopped, not gone)
+            # must not keep the slot from the others.
+            self._promised = self.callLater(self.timeout, self._promise_broken)
+
+    def _keep_promise(self) -> None:
+        if self._promised is not None:
+            if self._promised.active():
+                self._promised.cancel()
+            self._promised = None
+
+    def _promise_broken(self) -> None:
+        self._promised = None
+        _log.warn(
+            "slot {slot}: hub {hub} was told to take the slot and sent nothing within"
+            " {timeout:g}s (--attach-timeout); dropping the connection",
+            slot=self.name, hub=self.hub, timeout=self.timeout,
+        )
+        self.transport.abortConnection()
 
     def withhold(self) -> None:
         """
@@ -318,7 +343,7 @@ class AttachClient(HeadReceiver):
         elif self.offer is Offer.BID and self.waited is None:
             self.answer(HOLD)
         elif self.offer is Offer.OPEN:
-            self.offer = Offer.HELD
+            self._offer(Offer.HELD)
             self.transport.write(HOLD_NOTICE)
 
     def withdraw(self) -> None:
@@ -374,6 +399,7 @@ class AttachClient(HeadReceiver):
 
     def connectionLost(self, reason: Failure = None) -> None:
         self.connected_now = False
+        self._keep_promise()
         self.factory.clients.discard(self)
         self.factory.lines.standing(self, False)
         self.factory.lost(self)
