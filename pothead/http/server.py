@@ -167,8 +167,15 @@ class ServerRequest:
             self.channel.transport.write(b"0\r\n\r\n")
             self._unsent = True
         self.finished = True
+        self.written()
         self.flush()
         self.channel.answered(self)
+
+    def written(self) -> None:
+        """
+        The response's last byte is written, not yet sent: a hook, for what
+        must follow it in the same send.
+        """
 
     def register_producer(self, producer: IPushProducer) -> None:
         """

@@ -233,6 +233,13 @@ class AttachClient(HeadReceiver):
         # A gated slot serves one job per admission.
         return self._draining or (self.factory.admission.per_job and self._served)
 
+    def response_written(self) -> None:
+        # The verdict goes out with the response's last bytes: the hub that
+        # served may send its next job as soon as it has read them.
+        if self._serving_job and not self.detaching():
+            self._serving_job = False
+            self.factory.job_done(self)
+
     def channel_idle(self) -> None:
         if self.detaching():
             self._detach()
@@ -256,7 +263,9 @@ class AttachClient(HeadReceiver):
                 # answer before it closes the connection.
                 self.transport.loseConnection()
                 return False
-            self.factory.lines.heard(self.hub, next_waited(request.head), self._clock.seconds())
+            self.factory.lines.heard(
+                self.hub, next_waited(request.head), self._clock.seconds(), self.factory
+            )
             self._keep_promise()
         if self.factory.claim(self):
             self._serving_job = self._served = True
@@ -282,12 +291,13 @@ class AttachClient(HeadReceiver):
                       why=error)
             self.transport.abortConnection()
             return
+        taken = self.offer is Offer.TAKEN
         self._offer(Offer.BID)
         self._bid = request
         if self.waited is not None:
             self.factory.lines.standing(self, True)
-        self.factory.lines.heard(self.hub, self.waited, self._clock.seconds())
-        self.factory.bid_received(self)
+        self.factory.lines.heard(self.hub, self.waited, self._clock.seconds(), self.factory)
+        self.factory.bid_received(self, taken)
 
     def answer(self, answer: bytes) -> None:
         """
@@ -431,24 +441,33 @@ class HubLines:
     A bid made on one slot's connection goes stale once the hub hands its
     head job to another slot; the hub's next message on any connection (a
     bid, or a job saying what is next in line) says what is at the head
-    now.  A hub heard to have nothing has its standing bids answered
-    "hold", so that it bids again when it has a job.
+    now.  Between a slot telling a hub to take and that hub's job, what is
+    behind the job is unknown, and no other slot counts on it.  A hub
+    heard to have nothing has its standing bids answered "hold", so that
+    it bids again when it has a job; a hub heard to have one is offered
+    every free slot on which it has a bid standing.
     """
 
     def __init__(self) -> None:
         self._heard: dict[str, tuple[float | None, float]] = {}
         self._standing: dict[str, set[AttachClient]] = {}
 
-    def heard(self, hub: str, waited: float | None, at: float) -> None:
+    def heard(self, hub: str, waited: float | None, at: float, source: WorkerSlot) -> None:
         """
-        C{hub} said its head job had waited C{waited} seconds (L{None}:
-        it has none) at C{at}.
+        C{hub} said, on a connection of slot C{source}, that its head job
+        had waited C{waited} seconds (L{None}: it has none) at C{at}.
         """
         self._heard[hub] = (waited, at)
-        if waited is None:
-            for client in list(self._standing.pop(hub, ())):
-                if client.offer is Offer.BID and client.attached:
-                    client.answer(HOLD)
+        elsewhere = [c for c in self._standing.get(hub, ()) if c.factory is not source]
+        for client in elsewhere:
+            if waited is not None:
+                client.factory.reconsider()
+            elif client.offer is Offer.BID and client.attached:
+                client.answer(HOLD)
+
+    def taken(self, hub: str, at: float) -> None:
+        """A slot told C{hub} to take it: what is behind that job is unknown."""
+        self._heard[hub] = (None, at)
 
     def waited_now(self, hub: str, now: float) -> float | None:
         """How long C{hub}'s head job has waited at C{now}, as last heard."""
@@ -546,13 +565,13 @@ class WorkerSlot(Factory):
             self._serving = None
             self._free()
 
-    def bid_received(self, client: AttachClient) -> None:
+    def bid_received(self, client: AttachClient, taken: bool) -> None:
         """
         C{client}'s hub bid: after its attach, when a job came to its line
-        while it was held, after a hold with jobs still waiting, or when
-        it was told to take and had nothing left to send.
+        while it was held, after a hold with jobs still waiting, or, if
+        C{taken}, when it was told to take and had nothing left to send.
         """
-        if self._serving is client:
+        if taken and self._serving is client:
             self._serving = None
         if self._serving is not None or self.draining:
             if client.waited is None:
@@ -581,6 +600,7 @@ class WorkerSlot(Factory):
                 if mine is None:
                     client.verdict(OPEN)
                 else:
+                    self.lines.taken(client.hub, now)
                     client.verdict(TAKE)
                     self._give(client)
                 return
@@ -588,11 +608,14 @@ class WorkerSlot(Factory):
         self._free()
 
     def _oldest_bid(self, now: float) -> AttachClient | None:
+        # A standing bid counts with what is known of its hub's line now:
+        # nothing, while a job it was told to send is on its way.
         bids = [
-            c for c in self.clients
-            if c.offer is Offer.BID and c.waited is not None and c.attached and not c.detaching()
+            (waited, c) for c in self.clients
+            if c.offer is Offer.BID and c.attached and not c.detaching()
+            and (waited := c.waited_now(now)) is not None
         ]
-        return max(bids, key=lambda c: c.waited_now(now), default=None)
+        return max(bids, key=lambda bid: bid[0], default=(None, None))[1]
 
     def _free(self) -> bool:
         """
@@ -602,12 +625,22 @@ class WorkerSlot(Factory):
         """
         if self.draining:
             return False
-        best = self._oldest_bid(self._clock.seconds())
+        now = self._clock.seconds()
+        best = self._oldest_bid(now)
         if best is None:
             return False
+        self.lines.taken(best.hub, now)
         best.answer(TAKE)
         self._give(best)
         return True
+
+    def reconsider(self) -> None:
+        """
+        A hub was heard to have a job: if this slot is free, it goes to the
+        oldest job bid for on it.
+        """
+        if self._serving is None:
+            self._free()
 
     def app_call_started(self) -> None:
         """

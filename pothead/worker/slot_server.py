@@ -107,7 +107,7 @@ class WSGIRequest(ServerRequest):
 
     __slots__ = (
         "method", "uri", "clientproto", "prepath", "postpath", "code_message",
-        "responseHeaders", "defaultContentType", "_length", "_waiting", "_gone",
+        "responseHeaders", "defaultContentType", "_length", "_waiting", "_gone", "_written",
     )
 
     def __init__(self, channel: SlotChannel, head: RequestHead) -> None:
@@ -125,6 +125,7 @@ class WSGIRequest(ServerRequest):
         self._length: int | None = None
         self._waiting: list[Deferred[None]] = []
         self._gone = False
+        self._written = False
 
     def received(self, data: bytes) -> None:
         if self.content is None:
@@ -212,7 +213,14 @@ class WSGIRequest(ServerRequest):
             self._write_head()
         super().write(data)
         if self.sent == self._length:
+            self.written()
             self.flush()
+
+    def written(self) -> None:
+        # Once: at the last piece of a body of known length, else at finish.
+        if not self._written:
+            self._written = True
+            self.channel.attachment.response_written()
 
     def _write_head(self) -> None:
         fields = [(b"Server", SERVER), (b"Date", datetimeToString())]
@@ -277,6 +285,13 @@ class Attachment(Protocol):
     def channel_idle(self) -> None:
         """No request is in progress: a slot that detaches once idle goes now."""
 
+    def response_written(self) -> None:
+        """
+        The response to the request the app serves is all written, and
+        is sent right after this returns: what the attachment writes now
+        follows it in the same send.
+        """
+
     def detaching(self) -> bool:
         """Whether the slot detaches at its next idle moment."""
 
@@ -303,6 +318,9 @@ class Unattached:
     ticket = None
 
     def channel_idle(self) -> None:
+        pass
+
+    def response_written(self) -> None:
         pass
 
     def detaching(self) -> bool:
