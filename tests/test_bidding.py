@@ -594,3 +594,34 @@ def test_a_hub_told_to_take_that_sends_nothing_loses_the_slot_after_the_attach_t
     assert answered(at_b) == b"take"
     b.dataReceived(job(b"/b", None))
     assert calls == ["/b"] and clock.getDelayedCalls() == []
+
+
+@pytest.mark.unit
+def test_a_job_a_hub_was_told_to_send_is_not_counted_on_twice():
+    """
+    Two slots free one after the other while hub B has one job bid for on
+    both: the first takes it; the second does not also tell B to take
+    (B would have nothing to send) until B's job says more waits behind.
+    """
+    calls: list = []
+    lines, clock = HubLines(), Clock()
+    first_pool, second_pool = Waiting(), Waiting()
+    first, [(a1, at_a1), (b1, at_b1)], _ = offered(2, calls, first_pool, clock, lines)
+    second, [(a2, at_a2), (b2, at_b2)], _ = offered(2, calls, second_pool, clock, lines)
+    for client in (a1, b1, a2, b2):
+        client.dataReceived(bid_request(None))
+    a1.dataReceived(job(b"/a1", None))
+    a2.dataReceived(job(b"/a2", None))
+    for transport in (at_a1, at_b1, at_a2, at_b2):
+        transport.clear()
+    b1.dataReceived(bid_request(0.010))
+    b2.dataReceived(bid_request(0.010))
+    finish(first_pool)
+    assert after_response(at_a1) == b"hold" and answered(at_b1) == b"take"
+    finish(second_pool)
+    assert after_response(at_a2) == b"open" and answered(at_b2) is None
+    # B's job arrives on the first slot, and says another waits behind it:
+    # the second slot, free, goes to B now, and A's open offer is held.
+    b1.dataReceived(job(b"/b1", 0.004))
+    assert answered(at_b2) == b"take"
+    assert at_a2.value() == HOLD_NOTICE
