@@ -625,3 +625,28 @@ def test_a_job_a_hub_was_told_to_send_is_not_counted_on_twice():
     b1.dataReceived(job(b"/b1", 0.004))
     assert answered(at_b2) == b"take"
     assert at_a2.value() == HOLD_NOTICE
+
+
+@pytest.mark.unit
+def test_a_hub_told_to_take_by_one_slot_is_told_to_take_by_the_next_too():
+    """
+    Its job for the first slot is on its way, so what is behind it is not
+    known yet; it very likely has more, so the next slot it served is
+    told "take" (it bids "none" if it has nothing), not "open" (which
+    another hub's news could withdraw as its job crosses the notice).
+    """
+    calls: list = []
+    lines, clock = HubLines(), Clock()
+    first_pool, second_pool = Waiting(), Waiting()
+    first, [(a1, at_a1), (b1, _)], _ = offered(2, calls, first_pool, clock, lines)
+    second, [(a2, at_a2), (b2, _)], _ = offered(2, calls, second_pool, clock, lines)
+    for client in (a1, b1, a2, b2):
+        client.dataReceived(bid_request(None))
+    a1.dataReceived(job(b"/a1", None))
+    a2.dataReceived(job(b"/a2", 0.003))
+    at_a1.clear()
+    at_a2.clear()
+    finish(second_pool)
+    assert after_response(at_a2) == b"take"
+    finish(first_pool)
+    assert after_response(at_a1) == b"take"

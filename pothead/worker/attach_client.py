@@ -451,6 +451,7 @@ class HubLines:
     def __init__(self) -> None:
         self._heard: dict[str, tuple[float | None, float]] = {}
         self._standing: dict[str, set[AttachClient]] = {}
+        self._pending: set[str] = set()
 
     def heard(self, hub: str, waited: float | None, at: float, source: WorkerSlot) -> None:
         """
@@ -458,6 +459,7 @@ class HubLines:
         had waited C{waited} seconds (L{None}: it has none) at C{at}.
         """
         self._heard[hub] = (waited, at)
+        self._pending.discard(hub)
         elsewhere = [c for c in self._standing.get(hub, ()) if c.factory is not source]
         for client in elsewhere:
             if waited is not None:
@@ -468,6 +470,11 @@ class HubLines:
     def taken(self, hub: str, at: float) -> None:
         """A slot told C{hub} to take it: what is behind that job is unknown."""
         self._heard[hub] = (None, at)
+        self._pending.add(hub)
+
+    def pending(self, hub: str) -> bool:
+        """Whether C{hub} was told to take a slot and has not been heard since."""
+        return hub in self._pending
 
     def waited_now(self, hub: str, now: float) -> float | None:
         """How long C{hub}'s head job has waited at C{now}, as last heard."""
@@ -597,9 +604,11 @@ class WorkerSlot(Factory):
             mine = client.waited_now(now)
             best = self._oldest_bid(now)
             if best is None or (mine is not None and mine >= best.waited_now(now)):
-                if mine is None:
+                if mine is None and not self.lines.pending(client.hub):
                     client.verdict(OPEN)
                 else:
+                    # A hub another slot told to take very likely has more:
+                    # told to take too, it bids "none" if it has not.
                     self.lines.taken(client.hub, now)
                     client.verdict(TAKE)
                     self._give(client)
