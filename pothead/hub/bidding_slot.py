@@ -42,6 +42,21 @@ class BiddingSlot(Slot):
         self._answer: ResponseHead | None = None
         self._taking = False
         self._served_one = False
+        self._answered_jobs: list[Job] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        try:
+            super().dataReceived(data)
+        finally:
+            answered, self._answered_jobs = self._answered_jobs, []
+            for job in answered:
+                job.response_done()
+
+    def _answered(self, job: Job) -> None:
+        # The verdict usually comes in the same read as the response's end:
+        # on "take" the next job goes out first, and this job's consumer
+        # is answered after it, as a single hub's slot does it.
+        self._answered_jobs.append(job)
 
     def _available(self) -> None:
         if self._served_one:

@@ -272,13 +272,17 @@ class Slot(Protocol):
                 self._close()
             job.handed_back(self._withdrawn)
         else:
-            job.response_done()
+            self._answered(job)
         if next_first or self._closing or not self.connected:
             return
         if not reusable:
             self._close()
         else:
             self._available()
+
+    def _answered(self, job: Job) -> None:
+        """C{job}'s response is all read: its consumer gets the rest of it."""
+        job.response_done()
 
     def _available(self) -> None:
         """
