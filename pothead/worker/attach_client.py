@@ -240,6 +240,13 @@ class AttachClient(HeadReceiver):
             self._serving_job = False
             self.factory.job_done(self)
 
+    def hand_back(self) -> bool:
+        # The detach notice is a requeue signal: it answers the request, and
+        # the slot attaches again when its admission allows.
+        self._serving_job = False
+        self._detach()
+        return True
+
     def channel_idle(self) -> None:
         if self.detaching():
             self._detach()

@@ -86,7 +86,35 @@ class RequestHeaders:
         return iter(grouped.items())
 
 
-class WSGIRequest(ServerRequest):
+class SlotRequest(ServerRequest):
+    """
+    A request the hub sent down a slot, whose response tells the slot's
+    attachment the moment it is all written (L{Attachment.response_written}):
+    at the piece that completes a body of known length, which is sent at
+    once, or else at C{finish}.
+    """
+
+    __slots__ = ("_length", "_written")
+
+    def __init__(self, channel: SlotChannel, head: RequestHead) -> None:
+        super().__init__(channel, head)
+        self._length: int | None = None
+        self._written = False
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self.sent == self._length:
+            self.written()
+            self.flush()
+
+    def written(self) -> None:
+        # Once: at the last piece of a body of known length, else at finish.
+        if not self._written:
+            self._written = True
+            self.channel.attachment.response_written()
+
+
+class WSGIRequest(SlotRequest):
     """
     One request from the hub, as C{twisted.web.wsgi} reads a
     L{twisted.web.server.Request}, and its response, written as
@@ -107,7 +135,7 @@ class WSGIRequest(ServerRequest):
 
     __slots__ = (
         "method", "uri", "clientproto", "prepath", "postpath", "code_message",
-        "responseHeaders", "defaultContentType", "_length", "_waiting", "_gone", "_written",
+        "responseHeaders", "defaultContentType", "_waiting", "_gone",
     )
 
     def __init__(self, channel: SlotChannel, head: RequestHead) -> None:
@@ -122,10 +150,8 @@ class WSGIRequest(ServerRequest):
         self.code_message = b"OK"
         self.responseHeaders = Headers()
         self.defaultContentType: bytes | None = None
-        self._length: int | None = None
         self._waiting: list[Deferred[None]] = []
         self._gone = False
-        self._written = False
 
     def received(self, data: bytes) -> None:
         if self.content is None:
@@ -212,15 +238,6 @@ class WSGIRequest(ServerRequest):
         if not self.started:
             self._write_head()
         super().write(data)
-        if self.sent == self._length:
-            self.written()
-            self.flush()
-
-    def written(self) -> None:
-        # Once: at the last piece of a body of known length, else at finish.
-        if not self._written:
-            self._written = True
-            self.channel.attachment.response_written()
 
     def _write_head(self) -> None:
         fields = [(b"Server", SERVER), (b"Date", datetimeToString())]
@@ -292,6 +309,15 @@ class Attachment(Protocol):
         follows it in the same send.
         """
 
+    def hand_back(self) -> bool:
+        """
+        The request being served cannot be served now (a sidecar's upstream
+        refuses connections): answer it with the requeue signal and detach.
+
+        :return: whether it was handed back (a channel not attached to a
+            hub has no one to hand it to).
+        """
+
     def detaching(self) -> bool:
         """Whether the slot detaches at its next idle moment."""
 
@@ -322,6 +348,9 @@ class Unattached:
 
     def response_written(self) -> None:
         pass
+
+    def hand_back(self) -> bool:
+        return False
 
     def detaching(self) -> bool:
         return False
