@@ -39,6 +39,9 @@ setup(
             "import-linter",
             # trustme makes a throwaway CA and certificates for tests/test_tls.py.
             "trustme",
+            # gunicorn is one of the real servers a sidecar worker fronts in
+            # tests/test_sidecar.py.
+            "gunicorn",
         ],
     },
 )

@@ -8,6 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import socket
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import pytest_twisted
@@ -288,3 +294,131 @@ def test_upstream_urls():
             upstream_endpoint(reactor, bad)
 
 
+
+
+class StdlibHandler(BaseHTTPRequestHandler):
+    """The standard library's http.server, HTTP/1.1 with lengths."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        body = b"stdlib " + self.path.encode()
+        self.send_response(200, "Fine Indeed")
+        self.send_header("X-Twice", "a")
+        self.send_header("x-twice", "b")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        digest = hashlib.sha256(body).hexdigest().encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(digest)))
+        self.end_headers()
+        self.wfile.write(digest)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def ready(port: int, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port} after {timeout}s")
+
+
+@pytest.fixture
+def stdlib_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), StdlibHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1]
+    server.shutdown()
+    server.server_close()
+    thread.join(10)
+
+
+@pytest.fixture
+def gunicorn_server():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+         "--log-level", "warning", "tests.apps.flask_app:create_app()"],
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    try:
+        ready(port)
+        yield port
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+REQUESTS = {
+    "stdlib": [
+        b"GET /a?b=c HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"POST /p HTTP/1.1\r\nHost: svc\r\nConnection: close\r\nContent-Length: 300000\r\n\r\n"
+        + b"z" * 300000,
+    ],
+    "gunicorn": [
+        b"GET / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"GET /redirect HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"GET /cookies HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"GET /missing HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"GET /stream HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"HEAD / HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n",
+        b"POST /upload HTTP/1.1\r\nHost: svc\r\nConnection: close\r\nContent-Length: 200000\r\n"
+        b"Content-Type: application/octet-stream\r\n\r\n" + b"u" * 200000,
+    ],
+}
+
+
+def dechunked(response: bytes) -> bytes:
+    """The body of C{response}, its chunks joined if it was chunked."""
+    head, _, body = response.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" not in head.lower():
+        return body
+    out = b""
+    while True:
+        size, _, body = body.partition(b"\r\n")
+        length = int(size.split(b";")[0], 16)
+        if not length:
+            return out
+        out, body = out + body[:length], body[length + 2:]
+
+
+@pytest.mark.net
+@pytest.mark.parametrize("kind", ["stdlib", "gunicorn"])
+@pytest_twisted.ensureDeferred
+async def test_a_sidecar_in_front_of_a_real_server_answers_as_the_server_does(
+    kind, request
+):
+    """
+    Each request sent to the server directly and through the hub and a
+    sidecar worker: the same status line, the same fields in order and
+    case (Date, and the framing fields each hop sets, aside), the same body.
+    """
+    port = request.getfixturevalue(f"{kind}_server")
+    side = Sidecar()
+    await side.start(f"http://127.0.0.1:{port}", slots=2)
+    try:
+        await wait_for(lambda: side.hub.pool.idle == 2, what="the sidecar's slots")
+        for raw in REQUESTS[kind]:
+            direct = await deferToThread(exchange, port, raw)
+            through = await deferToThread(exchange, side.hub.consumer_port, raw)
+            assert head_lines(through) == head_lines(direct), raw[:40]
+            assert dechunked(through) == dechunked(direct), raw[:40]
+    finally:
+        await side.stop()
