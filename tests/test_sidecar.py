@@ -109,9 +109,10 @@ async def listen(factory) -> int:
 class Sidecar:
     """A hub with a sidecar worker in front of an upstream, in this reactor."""
 
-    async def start(self, upstream_url: str, slots: int = 2, wait: float = 30.0) -> None:
+    async def start(self, upstream_url: str, slots: int = 2, wait: float = 30.0,
+                    health: str | None = None) -> None:
         self.hub = await start_hub()
-        self.server, admission = sidecar(reactor, upstream_url, slots, wait)
+        self.server, admission = sidecar(reactor, upstream_url, slots, wait, health)
         self.slots = [
             WorkerSlot(self.server, "default", None, f"side/{i}", 3.0, reactor, admission)
             for i in range(slots)
@@ -120,6 +121,9 @@ class Sidecar:
                                 reactor)
         self.offers.startService()
         self.admission = admission
+        admission.detach_all = lambda: [
+            client.drain() for slot in self.slots for client in list(slot.clients)
+        ]
 
     async def stop(self) -> None:
         self.admission.stop()
@@ -420,5 +424,46 @@ async def test_a_sidecar_in_front_of_a_real_server_answers_as_the_server_does(
             through = await deferToThread(exchange, side.hub.consumer_port, raw)
             assert head_lines(through) == head_lines(direct), raw[:40]
             assert dechunked(through) == dechunked(direct), raw[:40]
+    finally:
+        await side.stop()
+
+
+class Health(Resource):
+    """An upstream whose /health answers as the test says; anything else is served."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.healthy = False
+
+    def render_GET(self, request):
+        if request.path == b"/health":
+            request.setResponseCode(200 if self.healthy else 503)
+            return b"health"
+        return b"served " + request.path
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_slots_attach_only_while_the_health_check_passes(upstreams):
+    health = Health()
+    port = await listen(Site(health))
+    upstreams.append(port)
+    side = Sidecar()
+    await side.start(f"http://127.0.0.1:{port.getHost().port}", slots=2, health="/health")
+    try:
+        await deferToThread(time.sleep, 0.5)
+        assert side.hub.pool.idle == 0
+        health.healthy = True
+        await wait_for(lambda: side.hub.pool.idle == 2, what="the slots once healthy")
+        health.healthy = False
+        await wait_for(lambda: side.hub.pool.idle == 0, what="the slots detached when unhealthy")
+        waiting = deferToThread(exchange, side.hub.consumer_port,
+                                b"GET /later HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        await wait_for(lambda: side.hub.pool.queued == 1, what="the job to wait at the hub")
+        health.healthy = True
+        answer = await waiting
+        assert answer.endswith(b"\r\n\r\nserved /later")
     finally:
         await side.stop()

@@ -24,13 +24,15 @@ waiting on a server that is not coming back.
 
 from __future__ import annotations
 
+from typing import Callable
 from urllib.parse import urlsplit
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import IPushProducer, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -52,6 +54,10 @@ _HOP_BY_HOP = frozenset({
 
 #: Seconds between two attempts to reach an upstream that is down.
 PROBE_INTERVAL = 0.5
+
+#: Seconds between two health checks (C{--upstream-health}), and the
+#: longest one may take.
+HEALTH_INTERVAL = 2.0
 
 #: Seconds an upstream may refuse connections before jobs fail with 502.
 DEFAULT_UPSTREAM_WAIT = 30.0
@@ -411,34 +417,84 @@ class _Connections(Factory):
         return connection
 
 
+class _HealthProbe(Protocol):
+    """
+    One health check: C{GET PATH} on a connection of its own, judged by
+    the status line (2xx is healthy).
+    """
+
+    def __init__(self, path: bytes, result: Deferred) -> None:
+        self._path = path
+        self._result = result
+        self._read = b""
+
+    def connectionMade(self) -> None:
+        self.transport.write(
+            b"GET " + self._path + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        )
+
+    def dataReceived(self, data: bytes) -> None:
+        self._read += data
+        line, found, _ = self._read.partition(b"\r\n")
+        if found or len(self._read) > 4096:
+            parts = line.split(b" ", 2)
+            healthy = len(parts) > 1 and parts[0].startswith(b"HTTP/1.") and parts[1][:1] == b"2"
+            self._settle(healthy)
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        self._settle(False)
+
+    def _settle(self, healthy: bool) -> None:
+        if not self._result.called:
+            self._result.callback(healthy)
+
+
 @implementer(IAdmission)
 class UpstreamAdmission:
     """
     A slot attaches only while the upstream accepts connections (or has
-    refused them longer than its C{wait}: jobs are then answered 502).
+    refused them longer than its C{wait}: jobs are then answered 502) and,
+    with a health check, while that passes.
+
+    With a health check the upstream is checked every L{HEALTH_INTERVAL}
+    seconds all along; when it fails, C{detach_all} is called (the
+    worker's wiring detaches every slot, each once its job is done) and
+    slots wait here until it passes again.
+
+    :ivar detach_all: called when the health check starts failing.
     """
 
     per_job = False
 
     def __init__(self, endpoint: IStreamClientEndpoint, state: UpstreamState,
-                 clock: IReactorTime) -> None:
+                 clock: IReactorTime, health: str | None = None) -> None:
         self._endpoint = endpoint
         self._state = state
         self._clock = clock
+        self._health = health.encode("ascii") if health else None
+        self._healthy = self._health is None
         self._waiting: list[Deferred] = []
         self._probe = None
+        self._watch: LoopingCall | None = None
         self._stopped = False
+        self.detach_all: Callable[[], object] = lambda: None
 
     def admit(self) -> Deferred:
-        if self._state.down_since is None or self._state.given_up:
-            return Deferred.fromCoroutine(self._ticket())
+        if self._health is not None and self._watch is None and not self._stopped:
+            self._watch = LoopingCall(self._check_health)
+            self._watch.clock = self._clock
+            self._watch.start(HEALTH_INTERVAL, now=True)
+        down = self._state.down_since is not None and not self._state.given_up
+        if self._healthy and not down:
+            return succeed(_Ticket())
         waiting: Deferred = Deferred(lambda d: d in self._waiting and self._waiting.remove(d))
         self._waiting.append(waiting)
-        self._schedule()
+        if down:
+            self._schedule()
         return waiting
 
-    async def _ticket(self) -> _Ticket:
-        return _Ticket()
+    # Connections refused: probe until one is accepted.
 
     def _schedule(self) -> None:
         if self._probe is None and not self._stopped:
@@ -464,13 +520,41 @@ class UpstreamAdmission:
         elif self._waiting:
             self._schedule()
 
+    # The health check.
+
+    def _check_health(self) -> Deferred:
+        result: Deferred = Deferred()
+        connecting = self._endpoint.connect(
+            Factory.forProtocol(lambda: _HealthProbe(self._health, result))
+        )
+        connecting.addErrback(lambda failure: result.called or result.callback(False))
+        result.addTimeout(HEALTH_INTERVAL, self._clock, lambda *_: False)
+        result.addCallback(self._health_is)
+        return result
+
+    def _health_is(self, healthy: bool) -> None:
+        if healthy == self._healthy:
+            return
+        self._healthy = healthy
+        path = self._health.decode("ascii")
+        if healthy:
+            _log.info("upstream health check {path} passes; attaching", path=path)
+            self._release()
+        else:
+            _log.warn("upstream health check {path} fails; detaching every slot", path=path)
+            self.detach_all()
+
     def _release(self) -> None:
+        if not self._healthy:
+            return
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             d.callback(_Ticket())
 
     def stop(self) -> None:
         self._stopped = True
+        if self._watch is not None and self._watch.running:
+            self._watch.stop()
         if self._probe is not None and self._probe.active():
             self._probe.cancel()
         self._probe = None
@@ -498,11 +582,17 @@ def upstream_endpoint(reactor, url: str) -> IStreamClientEndpoint:
     return HostnameEndpoint(reactor, parsed.hostname, parsed.port or 80)
 
 
-def sidecar(reactor, url: str, slots: int, wait: float = DEFAULT_UPSTREAM_WAIT
-            ) -> tuple[UpstreamServer, UpstreamAdmission]:
+def sidecar(reactor, url: str, slots: int, wait: float = DEFAULT_UPSTREAM_WAIT,
+            health: str | None = None) -> tuple[UpstreamServer, UpstreamAdmission]:
     """
     What a sidecar worker's slots run, and when they may attach.
+
+    :param health: a path on the upstream that answers 2xx while it is
+        ready (C{--upstream-health}).
     """
     endpoint = upstream_endpoint(reactor, url)
     state = UpstreamState(reactor, wait)
-    return UpstreamServer(endpoint, reactor, state, slots), UpstreamAdmission(endpoint, state, reactor)
+    return (
+        UpstreamServer(endpoint, reactor, state, slots),
+        UpstreamAdmission(endpoint, state, reactor, health),
+    )
