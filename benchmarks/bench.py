@@ -444,6 +444,10 @@ class Pothead(System):
     tree: Path = REPO
     env: dict | None = None
 
+    def serving(self) -> list[str]:
+        """What the worker serves: the benchmark app, in its own threads."""
+        return ["--app", "app:app", "--app-dir", str(HERE)]
+
     def start(self):
         self.front = free_port()
         wport = free_port()
@@ -457,8 +461,7 @@ class Pothead(System):
         wait_port(wport, 30, hub)
         wait_port(self.front, 30, hub)
         worker = self._spawn(f"{self.name}-worker", twistd + [
-            "-n", "--pidfile=", "-l", "-", "pothead-worker",
-            "--app", "app:app", "--app-dir", str(HERE),
+            "-n", "--pidfile=", "-l", "-", "pothead-worker", *self.serving(),
             "--hub", f"tcp:{HOST}:{wport}", "--slots", str(self.slots),
         ], cwd=self.tree, env=self.env)
         deadline = time.monotonic() + 30

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Sequence
+from typing import Callable, Sequence
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
@@ -73,12 +73,33 @@ class WorkerService(MultiService):
     the hub sends to a slot while it detaches is handed back, unprocessed.
     """
 
-    def __init__(self, reactor, drain_timeout: float, admission: IAdmission) -> None:
+    def __init__(self, reactor, drain_timeout: float, admission: IAdmission,
+                 max_jobs: int | None = None, stop: Callable[[], None] | None = None) -> None:
+        """
+        :param max_jobs: after taking this many jobs, call C{stop}.
+        :param stop: stops the process, whose shutdown stops this service
+            (under twistd: C{reactor.stop}, the path SIGTERM takes).
+        """
         super().__init__()
         self.admission = admission
         self.slots: list[WorkerSlot] = []
+        #: Jobs the app has been called for.
+        self.jobs = 0
         self._reactor = reactor
         self._drain_timeout = drain_timeout
+        self._max_jobs = max_jobs
+        self._stop_process = stop or reactor.stop
+
+    def job_started(self) -> None:
+        """
+        The app was called for one more job (called in the reactor thread).
+        """
+        self.jobs += 1
+        if self.jobs == self._max_jobs and self.running:
+            # The stop drains: the job that got here, and any other in
+            # flight, finishes; idle slots detach and take no more.
+            _log.info("took {n} jobs (--max-jobs); draining to be replaced", n=self.jobs)
+            self._stop_process()
 
     async def _drain(self) -> None:
         drained = gatherResults([slot.drain() for slot in self.slots])
@@ -111,6 +132,19 @@ class WorkerService(MultiService):
     def stopService(self) -> Deferred[None]:
         _log.info("draining {n} slots", n=len(self.slots))
         return Deferred.fromCoroutine(self._stop())
+
+
+def counted(app: WSGIApp, reactor, job_started: Callable[[], None]) -> WSGIApp:
+    """
+    C{app}, telling C{job_started} in the reactor thread each time it is
+    called (the call itself runs in an app thread).
+    """
+
+    def counting_app(environ, start_response):
+        reactor.callFromThread(job_started)
+        return app(environ, start_response)
+
+    return counting_app
 
 
 def slot_server(reactor, pool: AppThreads, app: WSGIApp) -> SlotServer:
@@ -147,6 +181,8 @@ def worker_service(
     spread: str = "late",
     resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     resolver: IHostnameResolver | None = None,
+    max_jobs: int | None = None,
+    stop: Callable[[], None] | None = None,
 ) -> WorkerService:
     """
     A worker with C{slots} slots attached to the hubs at C{hubs}.
@@ -169,11 +205,17 @@ def worker_service(
     :param attach_timeout: seconds the hub has to answer an attach.
     :param drain_timeout: seconds in-flight requests get when stopping.
     :param admission: decides when each slot may attach (default: at once).
+    :param max_jobs: how many jobs to take before stopping, to be
+        replaced (default: no limit).
+    :param stop: how to stop once C{max_jobs} are taken (default:
+        C{reactor.stop}, whose shutdown drains this service).
     """
     admission = admission or FixedAdmission()
-    service = WorkerService(reactor, drain_timeout, admission)
+    service = WorkerService(reactor, drain_timeout, admission, max_jobs=max_jobs, stop=stop)
     threads = AppThreads(slots, name="pothead-wsgi")
     AppThreadsService(threads, reactor).setServiceParent(service)
+    if max_jobs is not None:
+        app = counted(app, reactor, service.job_started)
     server = slot_server(reactor, threads, app)
     lines = HubLines()
     service.slots = [

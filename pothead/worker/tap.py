@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 
-from twisted.application.service import MultiService
+from twisted.application.service import Service
 from twisted.python import usage
 
 from pothead.attach import DEFAULT_POOL
@@ -16,6 +17,7 @@ from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL
+from pothead.worker.processes import ready_notice, supervisor
 from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
 
 #: The hub a worker attaches to when no --hub is given.
@@ -23,6 +25,41 @@ DEFAULT_HUB = "tcp:127.0.0.1:4040"
 
 #: How slots are shared among several hubs (see worker_service).
 SPREADS = ("late", "even")
+
+
+def _app_module(spec: str, app_dir: str) -> tuple[str, str]:
+    """
+    The module and attribute C{spec} names, with C{app_dir} put first on
+    the import path.
+    """
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise usage.UsageError(f"--app must look like module:app, not {spec!r}")
+    path = os.path.abspath(app_dir)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    return module_name, attribute
+
+
+def find_app(spec: str, app_dir: str) -> None:
+    """
+    Check, without running the app's module, that C{spec} names a module
+    that exists: what the parent of C{--processes}, which never loads the
+    app, can check before its children do.
+
+    :raise usage.UsageError: if it does not.
+    """
+    module_name, _ = _app_module(spec, app_dir)
+    try:
+        found = importlib.util.find_spec(module_name)
+    except (ImportError, ValueError) as e:
+        found, why = None, f" ({e})"
+    else:
+        why = ""
+    if found is None:
+        raise usage.UsageError(
+            f"No such WSGI application: cannot find module {module_name!r}{why}"
+        )
 
 
 def load_app(spec: str, app_dir: str):
@@ -33,12 +70,7 @@ def load_app(spec: str, app_dir: str):
     :raise usage.UsageError: naming what is missing, so that a typo is a
         clear error at startup rather than a traceback on the first request.
     """
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise usage.UsageError(f"--app must look like module:app, not {spec!r}")
-    path = os.path.abspath(app_dir)
-    if path not in sys.path:
-        sys.path.insert(0, path)
+    module_name, attribute = _app_module(spec, app_dir)
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
@@ -113,6 +145,26 @@ class Options(usage.Options):
         """
         self["hubs"].append(endpoint)
 
+    # --processes and --max-jobs are methods, not optParameters, so that a
+    # worker that uses neither has no key for them (its options stay the
+    # dict they were).
+
+    def opt_processes(self, value: str) -> None:
+        """
+        Run N worker processes, each with --slots slots, under this one,
+        which restarts them, drains them on SIGTERM and replaces them one by
+        one on SIGHUP (default 1: one process, no parent).
+        """
+        self["processes"] = _positive_int("processes", value)
+
+    def opt_max_jobs(self, value: str) -> None:
+        """
+        After N jobs a worker process drains and exits 0, to be replaced
+        (by the --processes parent at once, else by its service manager);
+        for apps that leak (default: no limit).
+        """
+        self["max-jobs"] = _positive_int("max-jobs", value)
+
     def postOptions(self) -> None:
         if not self["hubs"]:
             self["hubs"] = [DEFAULT_HUB]
@@ -137,8 +189,15 @@ class Options(usage.Options):
         if self["slots"] is None:
             self["slots"] = 2 * (os.cpu_count() or 1) if self["poll-jobs"] else 1
         require_positive(self, "slots", "attach-timeout", "drain-timeout", "resolve-interval")
-        self["wsgi"] = load_app(self["app"], self["app-dir"])
-        if self["poll-jobs"] and not callable(getattr(self["wsgi"], "wait_for_slot", None)):
+        if self.get("processes", 1) > 1:
+            # The parent never loads the app (its children do, and check
+            # the rest); it only makes sure the module is there.
+            find_app(self["app"], self["app-dir"])
+        else:
+            self["wsgi"] = load_app(self["app"], self["app-dir"])
+        if "wsgi" in self and self["poll-jobs"] and not callable(
+            getattr(self["wsgi"], "wait_for_slot", None)
+        ):
             raise usage.UsageError(
                 f"--poll-jobs needs {self['app']}.wait_for_slot(halt), which it lacks"
             )
@@ -148,12 +207,25 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
-def makeService(config: Options) -> MultiService:
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise usage.UsageError(f"--{name} must be a whole number above 0, not {value!r}")
+    return number
+
+
+def makeService(config: Options) -> Service:
     """
-    The worker's slots and thread pool.
+    The worker's slots and thread pool; or, with --processes N, the
+    parent that runs N workers (L{pothead.worker.processes}).
     """
     from twisted.internet import reactor
 
+    if config.get("processes", 1) > 1:
+        return supervisor(reactor, config)
     slots, admission = config["slots"], None
     if config["poll-jobs"]:
         admission = PollAdmission(config["wsgi"].wait_for_slot, reactor, reactor.getThreadPool())
@@ -161,7 +233,16 @@ def makeService(config: Options) -> MultiService:
         required, most = config["cpu-gate"]
         admission = CpuAdmission(required, reactor, max_slots=most)
         slots = admission.max_slots
-    return worker_service(
+    notice = ready_notice(reactor)
+
+    def stop() -> None:
+        # Said before the stop, so that the parent of --processes, if any,
+        # waits for this drain rather than signal it.
+        if notice is not None:
+            notice.leaving()
+        reactor.stop()
+
+    service = worker_service(
         reactor,
         config["wsgi"],
         hubs=config["hubs"],
@@ -173,4 +254,9 @@ def makeService(config: Options) -> MultiService:
         pool=config["pool"],
         attach_timeout=config["attach-timeout"],
         drain_timeout=config["drain-timeout"],
+        max_jobs=config.get("max-jobs"),
+        stop=stop,
     )
+    if notice is not None:
+        notice.setServiceParent(service)
+    return service
