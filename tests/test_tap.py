@@ -166,7 +166,20 @@ def test_worker_options(monkeypatch):
         "token": None,
         "attach-timeout": 10.0,
         "drain-timeout": 60.0,
+        "upstream": None,
+        "upstream-wait": 30.0,
+        "upstream-health": None,
     }
+
+
+def test_sidecar_worker_options(monkeypatch):
+    """--upstream instead of --app: nothing is imported, one slot by default."""
+    monkeypatch.delenv("POTHEAD_TOKEN", raising=False)
+    options = parse(worker_tap.Options, "--upstream", "unix:/run/app.sock",
+                    "--upstream-health", "/ready")
+    assert (options["upstream"], options["slots"], options["upstream-health"]) == (
+        "unix:/run/app.sock", 1, "/ready")
+    assert "wsgi" not in options
 
 
 def test_worker_app_from_app_dir(tmp_path):
@@ -181,7 +194,12 @@ def test_worker_app_from_app_dir(tmp_path):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        ([], "--app module:app is required"),
+        ([], "give --app module:app, or --upstream URL"),
+        (["--app", "pothead.demo:app", "--upstream", "http://127.0.0.1:8000"], "one of them"),
+        (["--upstream", "https://127.0.0.1:8000"], "expected http://HOST:PORT"),
+        (["--upstream", "http://127.0.0.1:8000", "--processes", "2"], "--processes is for a WSGI"),
+        (["--upstream", "http://127.0.0.1:8000", "--upstream-health", "health"], "must be a path"),
+        (["--upstream", "http://127.0.0.1:8000", "--upstream-wait", "0"], "upstream-wait"),
         (["--app", "pothead.demo"], "must look like module:app"),
         (["--app", "no_such_module_xyz:app"], "No such WSGI application: cannot import"),
         (["--app", "pothead.demo:nope"], "No such WSGI application: module 'pothead.demo' has no 'nope'"),

@@ -31,6 +31,7 @@ from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL, HubSet
 from pothead.worker.slot_server import SlotServer
 from pothead.worker.threads import AppThreads
+from pothead.worker.upstream import DEFAULT_UPSTREAM_WAIT, UpstreamService, sidecar
 
 #: Seconds the hub has to answer an attach request.
 DEFAULT_ATTACH_TIMEOUT = 10.0
@@ -170,7 +171,7 @@ def slot_name(index: int) -> str:
 
 def worker_service(
     reactor,
-    app: WSGIApp,
+    app: WSGIApp | None,
     hubs: Sequence[str],
     slots: int,
     token: str | None = None,
@@ -183,9 +184,13 @@ def worker_service(
     resolver: IHostnameResolver | None = None,
     max_jobs: int | None = None,
     stop: Callable[[], None] | None = None,
+    upstream: str | None = None,
+    upstream_wait: float = DEFAULT_UPSTREAM_WAIT,
+    upstream_health: str | None = None,
 ) -> WorkerService:
     """
-    A worker with C{slots} slots attached to the hubs at C{hubs}.
+    A worker with C{slots} slots attached to the hubs at C{hubs}, serving
+    C{app} or relaying to C{upstream}.
 
     :param reactor: the reactor to connect, schedule and call back with.
     :param app: the WSGI application to serve.
@@ -209,14 +214,31 @@ def worker_service(
         replaced (default: no limit).
     :param stop: how to stop once C{max_jobs} are taken (default:
         C{reactor.stop}, whose shutdown drains this service).
+    :param upstream: instead of C{app}, the local HTTP server each job is
+        relayed to (a sidecar worker, L{pothead.worker.upstream}):
+        C{http://HOST:PORT} or C{unix:PATH}.
+    :param upstream_wait: seconds it may refuse connections before jobs
+        are answered 502.
+    :param upstream_health: a path on it that answers 2xx while it is
+        ready; slots attach only then.
     """
-    admission = admission or FixedAdmission()
-    service = WorkerService(reactor, drain_timeout, admission, max_jobs=max_jobs, stop=stop)
-    threads = AppThreads(slots, name="pothead-wsgi")
-    AppThreadsService(threads, reactor).setServiceParent(service)
-    if max_jobs is not None:
-        app = counted(app, reactor, service.job_started)
-    server = slot_server(reactor, threads, app)
+    if upstream is not None:
+        server, admission = sidecar(reactor, upstream, slots, upstream_wait, upstream_health)
+        service = WorkerService(reactor, drain_timeout, admission)
+        UpstreamService(server).setServiceParent(service)
+        # Each connection detaches once its job is done, and attaches
+        # again when the admission allows.
+        admission.detach_all = lambda: [
+            client.drain() for slot in service.slots for client in list(slot.clients)
+        ]
+    else:
+        admission = admission or FixedAdmission()
+        service = WorkerService(reactor, drain_timeout, admission, max_jobs=max_jobs, stop=stop)
+        threads = AppThreads(slots, name="pothead-wsgi")
+        AppThreadsService(threads, reactor).setServiceParent(service)
+        if max_jobs is not None:
+            app = counted(app, reactor, service.job_started)
+        server = slot_server(reactor, threads, app)
     lines = HubLines()
     service.slots = [
         WorkerSlot(server, pool, token, slot_name(index), attach_timeout, reactor, admission,

@@ -19,6 +19,7 @@ from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admissio
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL
 from pothead.worker.processes import ready_notice, supervisor
 from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
+from pothead.worker.upstream import DEFAULT_UPSTREAM_WAIT, parse_upstream
 
 #: The hub a worker attaches to when no --hub is given.
 DEFAULT_HUB = "tcp:127.0.0.1:4040"
@@ -103,12 +104,21 @@ class Options(usage.Options):
         "tls:hub.example:4040, unix:/run/pothead-workers.sock."
     )
     optParameters = [
-        ["app", None, None, "The WSGI application, as module:attribute (required)."],
+        ["app", None, None, "The WSGI application, as module:attribute (or --upstream)."],
+        ["upstream", None, None,
+         "Instead of --app: relay each job to this local HTTP server, "
+         "http://HOST:PORT or unix:/path/to.sock (a sidecar worker)."],
+        ["upstream-wait", None, DEFAULT_UPSTREAM_WAIT,
+         "Seconds the --upstream server may refuse connections (its jobs handed "
+         "back to the hub meanwhile) before jobs are answered 502.", float],
+        ["upstream-health", None, None,
+         "A path on the --upstream server that answers 2xx while it is ready; "
+         "slots attach only then (checked every 2 s)."],
         ["app-dir", None, ".",
          "Directory to import the application from (default: the current one)."],
         ["spread", None, "late",
          "With several --hub: 'late' offers every slot to every hub and takes the "
-         "first job one sends (late binding); 'even' gives each slot to one hub, "
+         "oldest job among them (late binding); 'even' gives each slot to one hub, "
          "round robin, as POTHEAD 0.4.3 did."],
         ["slots", None, None,
          "Requests served at once: one attached connection each (default 1; "
@@ -177,8 +187,13 @@ class Options(usage.Options):
             raise usage.UsageError(
                 "--admission and --poll-jobs work with one hub, or with --spread even"
             )
-        if self["app"] is None:
-            raise usage.UsageError("--app module:app is required")
+        if (self["app"] is None) == (self["upstream"] is None):
+            raise usage.UsageError(
+                "give --app module:app, or --upstream URL for a sidecar worker (one of them)"
+            )
+        if self["upstream"] is not None:
+            self._check_sidecar()
+            return
         if self["poll-jobs"] and self["admission"]:
             raise usage.UsageError("--poll-jobs and --admission exclude each other")
         if self["admission"]:
@@ -207,6 +222,29 @@ class Options(usage.Options):
             raise usage.UsageError(str(e)) from None
 
 
+    def _check_sidecar(self) -> None:
+        for option in ("admission", "poll-jobs", "processes", "max-jobs"):
+            if self.get(option):
+                raise usage.UsageError(
+                    f"--{option} is for a WSGI app; a sidecar worker's --slots say how many "
+                    "jobs its server is given at once"
+                )
+        try:
+            parse_upstream(self["upstream"])
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        if self["slots"] is None:
+            self["slots"] = 1
+        if self["upstream-health"] is not None and not self["upstream-health"].startswith("/"):
+            raise usage.UsageError("--upstream-health must be a path, starting with /")
+        require_positive(self, "slots", "attach-timeout", "drain-timeout", "resolve-interval",
+                         "upstream-wait")
+        try:
+            self["token"] = load_token(self["token-file"])
+        except TokenError as e:
+            raise usage.UsageError(str(e)) from None
+
+
 def _positive_int(name: str, value: str) -> int:
     try:
         number = int(value)
@@ -226,6 +264,15 @@ def makeService(config: Options) -> Service:
 
     if config.get("processes", 1) > 1:
         return supervisor(reactor, config)
+    if config["upstream"] is not None:
+        return worker_service(
+            reactor, None, hubs=config["hubs"], slots=config["slots"], token=config["token"],
+            pool=config["pool"], spread=config["spread"],
+            resolve_interval=config["resolve-interval"],
+            attach_timeout=config["attach-timeout"], drain_timeout=config["drain-timeout"],
+            upstream=config["upstream"], upstream_wait=config["upstream-wait"],
+            upstream_health=config["upstream-health"],
+        )
     slots, admission = config["slots"], None
     if config["poll-jobs"]:
         admission = PollAdmission(config["wsgi"].wait_for_slot, reactor, reactor.getThreadPool())

@@ -27,6 +27,7 @@ from __future__ import annotations
 from typing import Callable
 from urllib.parse import urlsplit
 
+from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, UNIXClientEndpoint
 from twisted.internet.error import ConnectError
@@ -563,9 +564,10 @@ class UpstreamAdmission:
             d.cancel()
 
 
-def upstream_endpoint(reactor, url: str) -> IStreamClientEndpoint:
+def parse_upstream(url: str) -> tuple[str, int] | str:
     """
-    The endpoint of C{--upstream}: C{http://HOST:PORT} or C{unix:PATH}.
+    Read C{--upstream}: C{http://HOST:PORT} is C{(HOST, PORT)}, C{unix:PATH}
+    is C{PATH}.
 
     :raise ValueError: for anything else.
     """
@@ -573,13 +575,41 @@ def upstream_endpoint(reactor, url: str) -> IStreamClientEndpoint:
         path = url[len("unix:"):]
         if not path:
             raise ValueError(f"--upstream {url!r}: no socket path")
-        return UNIXClientEndpoint(reactor, path)
-    parsed = urlsplit(url)
-    if parsed.scheme != "http" or not parsed.hostname or parsed.path not in ("", "/"):
-        raise ValueError(
-            f"--upstream {url!r}: expected http://HOST:PORT or unix:/path/to.sock"
-        )
-    return HostnameEndpoint(reactor, parsed.hostname, parsed.port or 80)
+        return path
+    try:
+        parsed = urlsplit(url)
+        port = parsed.port or 80
+    except ValueError:
+        parsed, port = None, 0
+    if parsed is None or parsed.scheme != "http" or not parsed.hostname or (
+        parsed.path not in ("", "/") or parsed.query
+    ):
+        raise ValueError(f"--upstream {url!r}: expected http://HOST:PORT or unix:/path/to.sock")
+    return parsed.hostname, port
+
+
+def upstream_endpoint(reactor, url: str) -> IStreamClientEndpoint:
+    """
+    The endpoint of C{--upstream} (L{parse_upstream}).
+    """
+    where = parse_upstream(url)
+    if isinstance(where, str):
+        return UNIXClientEndpoint(reactor, where)
+    return HostnameEndpoint(reactor, *where)
+
+
+class UpstreamService(Service):
+    """
+    Closes the kept-alive upstream connections once the worker has
+    drained and stops.
+    """
+
+    def __init__(self, server: UpstreamServer) -> None:
+        self._server = server
+
+    def stopService(self) -> None:
+        super().stopService()
+        self._server.close_idle()
 
 
 def sidecar(reactor, url: str, slots: int, wait: float = DEFAULT_UPSTREAM_WAIT,
