@@ -487,7 +487,8 @@ def test_children_get_the_parents_options():
     assert command[:2] == twistd_command()
     assert command[2:] == [
         "-n", "--pidfile=", "-l", "-", "pothead-worker",
-        "--app=pothead.demo:app", f"--app-dir={os.path.abspath('.')}", "--spread=even",
+        "--app=pothead.demo:app", "--upstream-wait=30.0", f"--app-dir={os.path.abspath('.')}",
+        "--spread=even",
         "--slots=3", "--admission=cpu:1,max=4", "--pool=default", "--attach-timeout=10.0",
         "--drain-timeout=7.0", "--resolve-interval=5.0",
         "--hub=tcp:h:1", "--hub=tcp:h:2", "--max-jobs=9",
