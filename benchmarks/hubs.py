@@ -22,7 +22,6 @@ import argparse
 import atexit
 import datetime
 import heapq
-import importlib.util
 import json
 import os
 import random
@@ -36,16 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The venv's Python when this one has no Twisted (``python benchmarks/hubs.py``
-# from a shell without the venv active).
-if importlib.util.find_spec("twisted") is None and not os.environ.get("POTHEAD_HUBS_REEXEC"):
-    for candidate in (REPO / ".venv" / "bin" / "python", Path("/work/venv/bin/python")):
-        if candidate.exists():
-            os.environ["POTHEAD_HUBS_REEXEC"] = "1"
-            os.execv(str(candidate), [str(candidate), *sys.argv])
-
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
+import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
 from bench import (  # noqa: E402
     HOST,
     Proc,

@@ -23,7 +23,6 @@ import argparse
 import atexit
 import datetime
 import http.client
-import importlib.util
 import json
 import os
 import signal
@@ -36,15 +35,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-# The venv's Python when this one has no Twisted (as benchmarks/hubs.py).
-if importlib.util.find_spec("twisted") is None and not os.environ.get("POTHEAD_PROCESSES_REEXEC"):
-    for candidate in (REPO / ".venv" / "bin" / "python", Path("/work/venv/bin/python")):
-        if candidate.exists():
-            os.environ["POTHEAD_PROCESSES_REEXEC"] = "1"
-            os.execv(str(candidate), [str(candidate), *sys.argv])
-
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
+import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
 from bench import HOST, Proc, med, twistd_command  # noqa: E402
 from hubs import established, wait_log_ports  # noqa: E402
 

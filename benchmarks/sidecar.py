@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
 import os
 import signal
 import sys
@@ -30,14 +29,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
-if importlib.util.find_spec("twisted") is None and not os.environ.get("POTHEAD_SIDECAR_REEXEC"):
-    candidate = REPO / ".venv" / "bin" / "python"
-    if candidate.exists():
-        os.environ["POTHEAD_SIDECAR_REEXEC"] = "1"
-        os.execv(str(candidate), [str(candidate), *sys.argv])
-
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
+import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
 from bench import (  # noqa: E402
     FULL,
     HOST,

@@ -21,7 +21,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
-from twisted.web.wsgi import WSGIResource
 
 from pothead.attach import DETACH_NOTICE, attach_request
 from pothead.bidding import (
@@ -39,10 +38,10 @@ from pothead.http.headers import LINK_HEADERS, forwarded_headers
 from pothead.http.request import RequestHead
 from pothead.hub.bidding_slot import BiddingSlot
 from pothead.hub.slot import Slot
-from pothead.worker.attach_client import HubLines, Offer, WorkerSlot
+from pothead.worker.attach_client import HubLines, Offer
 from pothead.worker.service import worker_service
-from pothead.worker.slot_server import SlotServer
-from tests.harness import GET, HubHarness, InThisThread, status, wait_for
+from tests import test_late_binding as late_binding
+from tests.harness import GET, HubHarness, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
 from tests.test_late_binding import Waiting, counting, gated
@@ -297,21 +296,7 @@ def test_a_verdict_of_hold_after_a_job_bids_again_if_jobs_wait():
 
 def offered(hubs: int, calls: list, pool=None, clock=None, lines=None):
     """One slot offered to C{hubs} hubs that speak bids, on StringTransports."""
-    clock = clock or Clock()
-    now = InThisThread()
-    server = SlotServer(WSGIResource(now, pool or now, counting(calls)), clock)
-    slot = WorkerSlot(server, "default", None, "me/1/0", 3.0, clock, offered_to=hubs,
-                      lines=lines)
-    offers = []
-    for port in range(hubs):
-        client = slot.buildProtocol(None)
-        transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4040 + port))
-        client.makeConnection(transport)
-        client.attach()
-        client.dataReceived(ATTACHED_WITH_BIDS)
-        transport.clear()
-        offers.append((client, transport))
-    return slot, offers, clock
+    return late_binding.offered(hubs, calls, pool, clock, lines, attached=ATTACHED_WITH_BIDS)
 
 
 def answered(transport) -> bytes | None:

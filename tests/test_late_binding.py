@@ -54,25 +54,30 @@ class Waiting:
         self.calls.append((f, args, kwargs))
 
 
-def offered(hubs: int, calls: list, pool=None):
+def offered(hubs: int, calls: list, pool=None, clock=None, lines=None, attached=ATTACHED):
     """
     One slot offered to C{hubs} hubs, each offer attached on a
     StringTransport; the app runs at once, in this thread, unless C{pool}
     holds its calls.
 
+    :param lines: what the worker knows of each hub's line, if shared
+        with other slots.
+    :param attached: the hubs' answer to the attach (a hub of an earlier
+        version, without bids, by default).
     :return: the slot, its C{(client, transport)} pairs, and the clock.
     """
-    clock = Clock()
+    clock = clock or Clock()
     now = InThisThread()
     server = SlotServer(WSGIResource(now, pool or now, counting(calls)), clock)
-    slot = WorkerSlot(server, "default", None, "me/1/0", 3.0, clock, offered_to=hubs)
+    slot = WorkerSlot(server, "default", None, "me/1/0", 3.0, clock, offered_to=hubs,
+                      lines=lines)
     offers = []
     for port in range(hubs):
         client = slot.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 4040 + port))
         client.makeConnection(transport)
         client.attach()
-        client.dataReceived(ATTACHED)
+        client.dataReceived(attached)
         transport.clear()
         offers.append((client, transport))
     return slot, offers, clock

@@ -96,6 +96,10 @@ class Echo(Resource):
         if request.path == b"/empty":
             request.setResponseCode(204)
             return b""
+        if request.path == b"/unchanged":
+            request.setResponseCode(304)
+            request.setHeader(b"ETag", b'"v1"')
+            return b""
         request.responseHeaders.addRawHeader(b"X-Repeated", b"one")
         request.responseHeaders.addRawHeader(b"X-Repeated", b"two")
         return b"hello " + request.path
@@ -168,7 +172,7 @@ async def test_the_consumer_sees_what_the_upstream_sent(upstreams):
 
 @pytest.mark.net
 @pytest_twisted.ensureDeferred
-async def test_bodies_both_ways_chunked_head_and_204_over_one_kept_alive_connection(upstreams):
+async def test_bodies_both_ways_head_204_304_over_one_kept_alive_connection(upstreams):
     counting = Site(Echo())
     connections = []
     build = counting.buildProtocol
@@ -196,6 +200,11 @@ async def test_bodies_both_ways_chunked_head_and_204_over_one_kept_alive_connect
         empty = await deferToThread(
             exchange, consumer, b"GET /empty HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         assert empty.startswith(b"HTTP/1.1 204 ")
+        unchanged = await deferToThread(
+            exchange, consumer,
+            b"GET /unchanged HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert unchanged.startswith(b"HTTP/1.1 304 ") and b'\r\nETag: "v1"\r\n' in unchanged
+        assert unchanged.endswith(b"\r\n\r\n")
         repeated = await deferToThread(
             exchange, consumer, b"GET /r HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
         assert b"\r\nX-Repeated: one\r\nX-Repeated: two\r\n" in repeated
@@ -244,10 +253,7 @@ async def test_an_upstream_down_then_back_loses_no_request(upstreams):
     at the hub while the slots are detached; when it listens again they
     are served, none fails.
     """
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    number = holder.getsockname()[1]
-    holder.close()  # a port nothing listens on, for now
+    number = free_port()  # nothing listens on it, for now
     side = Sidecar()
     await side.start(f"http://127.0.0.1:{number}", slots=2)
     try:
@@ -272,10 +278,7 @@ async def test_an_upstream_down_then_back_loses_no_request(upstreams):
 @pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_an_upstream_down_past_the_wait_is_answered_502(upstreams):
-    holder = socket.socket()
-    holder.bind(("127.0.0.1", 0))
-    number = holder.getsockname()[1]
-    holder.close()
+    number = free_port()
     side = Sidecar()
     await side.start(f"http://127.0.0.1:{number}", slots=1, wait=0.5)
     try:

@@ -5,29 +5,16 @@ URL`` in front of a real HTTP server, through a ``twistd`` hub.
 
 from __future__ import annotations
 
-import threading
-from http.server import ThreadingHTTPServer
-
 import pytest
 
 from tests.processes import Twistd, get_eventually, start_hub
-from tests.test_sidecar import StdlibHandler
+from tests.test_sidecar import stdlib_server  # noqa: F401  (a fixture)
 
 pytestmark = pytest.mark.process
 
 
-@pytest.fixture
-def upstream():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), StdlibHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(10)
-
-
-def test_a_sidecar_worker_from_the_command_line(tmp_path, started, upstream):
+def test_a_sidecar_worker_from_the_command_line(tmp_path, started, request):
+    upstream = request.getfixturevalue("stdlib_server")
     hub, (consumer, worker_port) = start_hub(tmp_path)
     started.append(hub)
     worker = Twistd(
