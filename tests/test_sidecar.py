@@ -172,6 +172,31 @@ async def test_the_consumer_sees_what_the_upstream_sent(upstreams):
 
 @pytest.mark.net
 @pytest_twisted.ensureDeferred
+async def test_interim_responses_are_skipped_and_the_final_one_relayed(upstreams):
+    """
+    A server's 103 Early Hints (or 100 Continue) is not relayed, as the hub
+    skips a worker's: the consumer gets the final response, whole.
+    """
+    final = b"HTTP/1.1 200 OK\r\nX-Final: yes\r\nContent-Length: 2\r\n\r\nok"
+    factory = canned(b"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\n"
+                     b"HTTP/1.1 100 Continue\r\n\r\n" + final)
+    port = await listen(factory)
+    upstreams.append(port)
+    side = Sidecar()
+    await side.start(f"http://127.0.0.1:{port.getHost().port}", slots=1)
+    try:
+        await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
+        through = await deferToThread(
+            exchange, side.hub.consumer_port,
+            b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        assert head_lines(through) == head_lines(final)
+        assert through.endswith(b"\r\n\r\nok") and b"103" not in through
+    finally:
+        await side.stop()
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
 async def test_bodies_both_ways_head_204_304_over_one_kept_alive_connection(upstreams):
     counting = Site(Echo())
     connections = []
