@@ -170,6 +170,46 @@ async def test_the_consumer_sees_what_the_upstream_sent(upstreams):
         await side.stop()
 
 
+class OneShot(Protocol):
+    """
+    Answers a connection's first request and keeps it open, then closes it
+    unanswered when a second comes, as a server whose idle timeout struck
+    as that request went out.
+    """
+
+    def connectionMade(self) -> None:
+        self.factory.connections += 1
+        self.served = False
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.served:
+            self.transport.loseConnection()
+            return
+        self.served = True
+        self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_a_kept_alive_connection_closed_under_a_request_is_retried_once(upstreams):
+    factory = Factory.forProtocol(OneShot)
+    factory.connections = 0
+    port = await listen(factory)
+    upstreams.append(port)
+    side = Sidecar()
+    await side.start(f"http://127.0.0.1:{port.getHost().port}", slots=1)
+    try:
+        await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
+        for path in (b"/one", b"/two", b"/three"):
+            answer = await deferToThread(
+                exchange, side.hub.consumer_port,
+                b"GET " + path + b" HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 200 OK\r\n") and answer.endswith(b"ok")
+        assert factory.connections == 3
+    finally:
+        await side.stop()
+
+
 @pytest.mark.net
 @pytest_twisted.ensureDeferred
 async def test_interim_responses_are_skipped_and_the_final_one_relayed(upstreams):

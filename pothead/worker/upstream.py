@@ -205,7 +205,7 @@ class RelayRequest(SlotRequest):
 
     __slots__ = (
         "_upstream", "_pending", "_body_done", "keep_upstream", "_uploading", "_downloading",
-        "gone", "_calling",
+        "gone", "_calling", "_reused",
     )
 
     def __init__(self, channel, head) -> None:
@@ -219,6 +219,7 @@ class RelayRequest(SlotRequest):
         #: Whether the hub went away before the response was complete.
         self.gone = False
         self._calling = False
+        self._reused = False
 
     def call_started(self) -> None:
         """The relay is this slot's app call: a new connection of the slot
@@ -232,12 +233,17 @@ class RelayRequest(SlotRequest):
             self._calling = False
             self.channel.attachment.app_call_ended()
 
-    def relay_over(self, upstream: UpstreamConnection) -> None:
-        """The upstream connection is ready: send the request on it."""
+    def relay_over(self, upstream: UpstreamConnection, reused: bool = False) -> None:
+        """
+        The upstream connection is ready: send the request on it.
+
+        :param reused: whether it served an earlier job (kept alive).
+        """
         if self.gone:
             upstream.transport.loseConnection()
             return
         self._upstream = upstream
+        self._reused = reused
         upstream.send(self)
         # The hub's connection pauses while the upstream's is full.
         self._uploading = _Throttle(self.channel.transport)
@@ -271,6 +277,11 @@ class RelayRequest(SlotRequest):
         if self.head.chunked:
             self._upstream.transport.write(b"0\r\n\r\n")
         self._stop_producing()
+
+    def _release_upstream(self) -> None:
+        self._stop_producing()
+        self._upstream = None
+        self._reused = False
 
     def _stop_producing(self) -> None:
         if self._uploading is not None:
@@ -308,6 +319,13 @@ class RelayRequest(SlotRequest):
         a broken response, as from a WSGI app failing mid-body); else the
         hub is answered 502.
         """
+        if not self.started and self._reused and not self.head.has_body and not self.gone:
+            # A kept-alive connection the server closed as this request went
+            # out (an idle timeout, gunicorn's is 2 s): nothing of it was
+            # read, and it has no body to resend; once more, on a new one.
+            self._release_upstream()
+            self.channel.factory.connect(self)
+            return
         _log.warn("upstream failed {method} {target}: {why}", method=self.head.method,
                   target=self.head.target, why=why)
         if self.started:
@@ -352,8 +370,12 @@ class UpstreamServer(SlotServer):
             return
         request.call_started()
         if self._idle:
-            request.relay_over(self._idle.pop())
+            request.relay_over(self._idle.pop(), reused=True)
             return
+        self.connect(request)
+
+    def connect(self, request: RelayRequest) -> None:
+        """Relay C{request} over a new connection to the upstream."""
         connecting = self._endpoint.connect(self._connections)
         connecting.addCallbacks(request.relay_over, lambda failure: self._refused(request, failure))
 
