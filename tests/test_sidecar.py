@@ -48,6 +48,13 @@ def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
             chunks.append(chunk)
 
 
+async def fetch(port: int, path: bytes, method: bytes = b"GET") -> bytes:
+    """A request without a body, on a connection of its own, in a thread."""
+    return await deferToThread(
+        exchange, port, method + b" " + path + b" HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n"
+    )
+
+
 def head_lines(response: bytes) -> list[bytes]:
     """The status line and header lines of C{response}, without Date or framing."""
     head = response.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
@@ -159,9 +166,7 @@ async def test_the_consumer_sees_what_the_upstream_sent(upstreams):
     await side.start(f"http://127.0.0.1:{port.getHost().port}")
     try:
         await wait_for(lambda: side.hub.pool.idle == 2, what="the sidecar's slots")
-        through = await deferToThread(
-            exchange, side.hub.consumer_port,
-            b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        through = await fetch(side.hub.consumer_port, b"/x")
         assert head_lines(through) == head_lines(answer)
         assert through.endswith(b"\r\n\r\nhello")
         sent = factory.requests[0]
@@ -226,9 +231,7 @@ async def test_interim_responses_are_skipped_and_the_final_one_relayed(upstreams
     await side.start(f"http://127.0.0.1:{port.getHost().port}", slots=1)
     try:
         await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
-        through = await deferToThread(
-            exchange, side.hub.consumer_port,
-            b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        through = await fetch(side.hub.consumer_port, b"/x")
         assert head_lines(through) == head_lines(final)
         assert through.endswith(b"\r\n\r\nok") and b"103" not in through
     finally:
@@ -256,22 +259,16 @@ async def test_bodies_both_ways_head_204_304_over_one_kept_alive_connection(upst
             % len(body) + body)
         assert b"\r\nX-Length: %d\r\n" % len(body) in posted
         assert posted.endswith(hashlib.sha256(body).hexdigest().encode())
-        big = await deferToThread(
-            exchange, consumer, b"GET /big HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        big = await fetch(consumer, b"/big")
         assert big.split(b"\r\n\r\n", 1)[1] == b"x" * (3 * 1024 * 1024)
-        head = await deferToThread(
-            exchange, consumer, b"HEAD /big HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        head = await fetch(consumer, b"/big", b"HEAD")
         assert head.endswith(b"\r\n\r\n") and b"Content-Length: 3145728" in head
-        empty = await deferToThread(
-            exchange, consumer, b"GET /empty HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        empty = await fetch(consumer, b"/empty")
         assert empty.startswith(b"HTTP/1.1 204 ")
-        unchanged = await deferToThread(
-            exchange, consumer,
-            b"GET /unchanged HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        unchanged = await fetch(consumer, b"/unchanged")
         assert unchanged.startswith(b"HTTP/1.1 304 ") and b'\r\nETag: "v1"\r\n' in unchanged
         assert unchanged.endswith(b"\r\n\r\n")
-        repeated = await deferToThread(
-            exchange, consumer, b"GET /r HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        repeated = await fetch(consumer, b"/r")
         assert b"\r\nX-Repeated: one\r\nX-Repeated: two\r\n" in repeated
         # One slot, one kept-alive upstream connection for all of them.
         assert len(connections) == 1
@@ -289,9 +286,7 @@ async def test_an_upstream_that_closes_mid_response_cuts_the_consumer_off(upstre
     await side.start(f"http://127.0.0.1:{port.getHost().port}", slots=1)
     try:
         await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
-        through = await deferToThread(
-            exchange, side.hub.consumer_port,
-            b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        through = await fetch(side.hub.consumer_port, b"/x")
         # Cut off as from a WSGI app that fails mid-body: the hub resets
         # the consumer's connection (a reset may take unread bytes with
         # it), or, had nothing been relayed yet, answers 502; never the
@@ -302,9 +297,7 @@ async def test_an_upstream_that_closes_mid_response_cuts_the_consumer_off(upstre
         factory.answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
         factory.close_after = False
         await wait_for(lambda: side.hub.pool.idle == 1, what="the slot back")
-        again = await deferToThread(
-            exchange, side.hub.consumer_port,
-            b"GET /y HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        again = await fetch(side.hub.consumer_port, b"/y")
         assert again.endswith(b"\r\n\r\nok")
     finally:
         await side.stop()
@@ -348,9 +341,7 @@ async def test_an_upstream_down_past_the_wait_is_answered_502(upstreams):
     await side.start(f"http://127.0.0.1:{number}", slots=1, wait=0.5)
     try:
         await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
-        through = await deferToThread(
-            exchange, side.hub.consumer_port,
-            b"GET /x HTTP/1.1\r\nHost: svc\r\nConnection: close\r\n\r\n")
+        through = await fetch(side.hub.consumer_port, b"/x")
         assert through.startswith(b"HTTP/1.1 502 ")
     finally:
         await side.stop()
