@@ -19,7 +19,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import DeferredList
-from twisted.internet.endpoints import TCP4ServerEndpoint, clientFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, UNIXServerEndpoint, clientFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.web.resource import Resource
@@ -524,5 +524,21 @@ async def test_slots_attach_only_while_the_health_check_passes(upstreams):
         health.healthy = True
         answer = await waiting
         assert answer.endswith(b"\r\n\r\nserved /later")
+    finally:
+        await side.stop()
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_an_upstream_on_a_unix_socket(upstreams, tmp_path):
+    path = str(tmp_path / "app.sock")
+    port = await UNIXServerEndpoint(reactor, path).listen(Site(Echo()))
+    upstreams.append(port)
+    side = Sidecar()
+    await side.start(f"unix:{path}", slots=1)
+    try:
+        await wait_for(lambda: side.hub.pool.idle == 1, what="the sidecar's slot")
+        answer = await fetch(side.hub.consumer_port, b"/over-unix")
+        assert answer.endswith(b"\r\n\r\nhello /over-unix")
     finally:
         await side.stop()
