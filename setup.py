@@ -28,6 +28,9 @@ setup(
     # major, not yet tested.
     install_requires=[
         "twisted[tls]>=26.10,<27", "treq", "zope.interface", "psutil", "httptools>=0.6",
+        # The hub's /metrics: the exposition format and its Twisted resource,
+        # as Prometheus's own client writes them.
+        "prometheus_client>=0.20",
     ],
     extras_require={
         # hypothesis mutates requests for the parsing property tests; h11, a

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.python import usage
 
+from pothead.hub.admin import admin_site
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.descriptors import take_budget
 from pothead.hub.limits import Limits
@@ -54,6 +56,10 @@ class Options(usage.Options):
         "ssl:8443:privateKey=key.pem, unix:/run/pothead.sock, systemd:domain=INET:index=0."
     )
     optParameters = [
+        ["admin", None, None,
+         "Serve /metrics (Prometheus), /status.json, /healthz and /readyz on this "
+         "endpoint, e.g. tcp:9090:interface=127.0.0.1 (default: off; it shows every "
+         "worker and job, so keep it private)."],
         ["token-file", None, None,
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
@@ -183,4 +189,6 @@ def makeService(config: Options) -> HubService:
         listen(description, hub.worker_factory(), hub.worker_connections, service.workers)
     for description in config["legacy-worker"]:
         listen(description, hub.legacy_worker_factory(), hub.worker_connections, service.workers)
+    if config["admin"] is not None:
+        strports.service(config["admin"], admin_site(hub, reactor)).setServiceParent(service)
     return service
