@@ -43,7 +43,6 @@ NEXT_HEADER = b"Pothead-Next"
 TAKE = b"take"
 HOLD = b"hold"
 OPEN = b"open"
-ANSWERS = frozenset({TAKE, HOLD, OPEN})
 
 #: On a requeue signal: the worker holds the offer, and keeps the
 #: connection open.
@@ -54,15 +53,6 @@ HOLD_NOTICE = (
     + REQUEUE_HEADER + b": 1\r\n"
     + OFFER_HEADER + b": " + HELD + b"\r\nContent-Length: 0\r\n\r\n"
 )
-
-
-
-def verdict_notice(answer: bytes) -> bytes:
-    """
-    The worker's answer to the hub whose job just ended, sent unasked
-    right after the response.
-    """
-    return b"HTTP/1.1 200 OK\r\n" + OFFER_HEADER + b": " + answer + b"\r\nContent-Length: 0\r\n\r\n"
 
 #: The request line of a bid; its target is the server as a whole.
 BID_METHOD = b"OPTIONS"
@@ -110,6 +100,14 @@ def next_waited(head: RequestHead) -> float | None:
     except ValueError:
         return None
     return waited if 0.0 <= waited < 1e9 else None
+
+
+def verdict_notice(answer: bytes) -> bytes:
+    """
+    The worker's answer to the hub whose job just ended, sent unasked
+    right after the response.
+    """
+    return b"HTTP/1.1 200 OK\r\n" + OFFER_HEADER + b": " + answer + b"\r\nContent-Length: 0\r\n\r\n"
 
 
 def bid_answer(answer: bytes) -> tuple[int, bytes, list[tuple[bytes, bytes]], bytes]:

@@ -126,8 +126,8 @@ class ResponseReceiver(Protocol):
     def unsolicited(self, head: ResponseHead) -> None:
         """
         The head of a response to no request: a worker's notice (a
-        detach, or a hold or renewal of L{pothead.bidding}), handed on
-        once complete, or a worker gone wrong, handed on before its body.
+        detach, or a hold of L{pothead.bidding}), handed on once complete,
+        or a worker gone wrong, handed on before its body.
         """
 
 
@@ -282,7 +282,7 @@ class ResponseReader:
         if not self._expected:
             if head.content_length == b"0":
                 # Handed on once complete: the receiver may expect the next
-                # response at once (a renewal, pothead.bidding).
+                # response at once (a held slot that bids, pothead.bidding).
                 self._unsolicited = head
             else:
                 # Not a notice; the receiver drops it without its body.

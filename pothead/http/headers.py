@@ -36,6 +36,9 @@ HOP_BY_HOP = frozenset(
 #: C{Pothead-Next}.
 LINK_HEADERS = frozenset({b"pothead-bid", b"pothead-next"})
 
+#: What is never forwarded, whatever the request's ``Connection`` says.
+_NOT_FORWARDED = HOP_BY_HOP | LINK_HEADERS
+
 
 def forwarded_headers(
     fields: list[tuple[bytes, bytes]],
@@ -63,7 +66,8 @@ def forwarded_headers(
     :param own_host: the hub's own address, the ``Host`` of a request
         without one (needed only then).
     """
-    dropped = HOP_BY_HOP | LINK_HEADERS | field_tokens(fields, b"connection")
+    listed = field_tokens(fields, b"connection")
+    dropped = _NOT_FORWARDED | listed if listed else _NOT_FORWARDED
     kept: dict[bytes, list[bytes]] = {}
     spelled: dict[bytes, bytes] = {}
     for name, value in fields:

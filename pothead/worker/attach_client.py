@@ -236,9 +236,8 @@ class AttachClient(HeadReceiver):
     def response_written(self) -> None:
         # The verdict goes out with the response's last bytes: the hub that
         # served may send its next job as soon as it has read them.
-        if self._serving_job and not self.detaching():
-            self._serving_job = False
-            self.factory.job_done(self)
+        if not self.detaching():
+            self._job_over()
 
     def hand_back(self) -> bool:
         # The detach notice is a requeue signal: it answers the request, and
@@ -250,6 +249,11 @@ class AttachClient(HeadReceiver):
     def channel_idle(self) -> None:
         if self.detaching():
             self._detach()
+        self._job_over()
+
+    def _job_over(self) -> None:
+        # Once per job: when its response is written, or else when the
+        # channel is idle (a slot that detaches after it).
         if self._serving_job:
             self._serving_job = False
             self.factory.job_done(self)
