@@ -13,6 +13,8 @@ setup(
     # find_packages() can see; listing it is the form Twisted's tap howto uses.
     packages=find_packages(exclude=["tests", "tests.*", "docs", "docs.*", "benchmarks", "benchmarks.*"])
     + ["twisted.plugins"],
+    # The hub's status page (its --admin port's /), served from the package.
+    package_data={"pothead.hub": ["status_page.html"]},
     # httptools is llhttp (Node.js's HTTP/1.1 parser): every HTTP message pothead
     # reads is parsed by it, strict, rather than by code of our own.
     #

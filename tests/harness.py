@@ -37,9 +37,9 @@ class HubHarness:
     A hub on a fake clock whose connections are StringTransports.
     """
 
-    def __init__(self, **limits) -> None:
+    def __init__(self, server_timing: bool = True, **limits) -> None:
         self.clock = MemoryReactorClock()
-        self.hub = Hub(self.clock, limits=Limits(**limits))
+        self.hub = Hub(self.clock, limits=Limits(**limits), server_timing=server_timing)
         self.site = self.hub.consumer_factory()
         self.workers = self.hub.worker_factory()
         self.pool = self.hub.pools["default"]

@@ -16,6 +16,7 @@ from pothead.attach import MAX_HEAD_BYTES, attach_request
 from pothead.hub.attach_server import WorkerPortFactory
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
+from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
 from pothead.tokens import TokenCheck
 from pothead.worker.attach_client import WorkerSlot
@@ -34,7 +35,7 @@ def hub_connection(token=None):
     """
     clock = Clock()
     pool = Pool("default", clock)
-    factory = WorkerPortFactory({"default": pool}, TokenCheck(token), Limits(attach_timeout=ATTACH_TIMEOUT), clock, ConnectionLimit(100, clock, "worker-port"))
+    factory = WorkerPortFactory({"default": pool}, TokenCheck(token), Limits(attach_timeout=ATTACH_TIMEOUT), clock, ConnectionLimit(100, clock, "worker-port"), HubMetrics())
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     protocol.makeConnection(transport)
@@ -183,7 +184,7 @@ def test_silent_connection_waits_for_quiet_timeout():
     """
     clock = Clock()
     pool = Pool("default", clock)
-    factory = WorkerPortFactory({"default": pool}, TokenCheck(None), Limits(attach_timeout=ATTACH_TIMEOUT, quiet_timeout=100.0), clock, ConnectionLimit(100, clock, "worker-port"))
+    factory = WorkerPortFactory({"default": pool}, TokenCheck(None), Limits(attach_timeout=ATTACH_TIMEOUT, quiet_timeout=100.0), clock, ConnectionLimit(100, clock, "worker-port"), HubMetrics())
     protocol = factory.buildProtocol(None)
     transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 5555))
     protocol.makeConnection(transport)

@@ -11,6 +11,9 @@ framing, and the body after de-chunking (chunk boundaries are per hop).
 The hub adds C{X-Forwarded-*} request headers on purpose and strips
 hop-by-hop ones; the echo app reports the former in an
 C{X-Echo-Forwarded} response header, which is checked and then set aside.
+The hub also adds one C{Server-Timing} response header after the worker's
+own (docs/observability.md): it is checked, last, and set aside too; with
+C{--no-server-timing} nothing is (L{test_no_server_timing_is_byte_for_byte}).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import difflib
 import hashlib
 import json
 import random
+import re
 from collections import deque
 from dataclasses import dataclass, field
 from functools import partial
@@ -41,6 +45,7 @@ from twisted.web.wsgi import WSGIResource
 from tests.apps.flask_app import create_app
 from tests.apps.wsgi import FidelityApp, pattern_block
 from tests.harness import WAIT, wait_for
+from tests.loopback import start_hub
 
 pytestmark = pytest.mark.net
 
@@ -462,6 +467,27 @@ def set_forwarded_aside(
     )
 
 
+#: The Server-Timing value the hub adds to a response it relays.
+HUB_TIMING = re.compile(rb"queue;dur=\d+\.\d, worker;dur=\d+\.\d")
+
+
+def set_server_timing_aside(through_hub: RawResponse) -> None:
+    """
+    Check the one header the hub adds to a worker's response, its
+    C{Server-Timing}, after all of the worker's own (the framing's
+    C{Transfer-Encoding}, the connection's own, may follow it); then drop
+    it, so the rest compares byte for byte.
+    """
+    headers = through_hub.headers
+    last = len(headers) - 1
+    if last > 0 and headers[last][0] == b"Transfer-Encoding":
+        last -= 1
+    name, value = headers[last] if last >= 0 else (b"", b"")
+    assert name == b"Server-Timing" and HUB_TIMING.fullmatch(value), (
+        f"no Server-Timing of the hub's last: {headers}")
+    del headers[last]
+
+
 def describe_difference(through_hub: dict, direct: dict) -> str:
     """Where two response views differ, line by line."""
     lines = []
@@ -507,6 +533,7 @@ def assert_same(
         hub_forwarded = expected_forwarded()
     assert len(through_hub) == len(direct)
     for hub_response, direct_response in zip(through_hub, direct, strict=True):
+        set_server_timing_aside(hub_response)
         set_forwarded_aside(hub_response, direct_response, hub_forwarded, direct_forwarded or {})
     assert_same_views(through_hub, direct)
 
@@ -1231,3 +1258,22 @@ async def test_flask_chunked_form(servers):
         "x": ["&"],
         "tag": ["a", "b"],
     }
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_server_timing_is_byte_for_byte():
+    """
+    With C{--no-server-timing} the hub adds no response header at all: a
+    Flask app's answers compare byte for byte (but C{Date} and C{Server}),
+    with nothing set aside.
+    """
+    running = await start_hub(server_timing=False)
+    servers = Servers(running)
+    try:
+        await servers.serve(create_app())
+        for data in FLASK_REQUESTS.values():
+            through_hub, direct = await servers.both(data, [data.split(b" ", 1)[0]])
+            assert_same_views(through_hub.responses, direct.responses)
+    finally:
+        await servers.stop()
+        await running.stop()

@@ -297,7 +297,8 @@ def test_unframed_response_chunked_for_http11():
     slot.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
     slot.dataReceived(b"3\r\nabc\r\n0\r\n\r\n")
     assert consumer.value() == (
-        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+        b"HTTP/1.1 200 OK\r\nX-A: 1\r\nServer-Timing: queue;dur=0.0, worker;dur=0.0\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
     )
     assert not consumer.disconnecting
 

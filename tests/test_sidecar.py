@@ -118,11 +118,15 @@ async def listen(factory) -> int:
 
 
 class Sidecar:
-    """A hub with a sidecar worker in front of an upstream, in this reactor."""
+    """
+    A hub with a sidecar worker in front of an upstream, in this reactor.
+    The hub adds no Server-Timing (C{--no-server-timing}): what the
+    consumer gets is compared with what the upstream sent, byte for byte.
+    """
 
     async def start(self, upstream_url: str, slots: int = 2, wait: float = 30.0,
                     health: str | None = None) -> None:
-        self.hub = await start_hub()
+        self.hub = await start_hub(server_timing=False)
         self.server, admission = sidecar(reactor, upstream_url, slots, wait, health)
         self.slots = [
             WorkerSlot(self.server, "default", None, f"side/{i}", 3.0, reactor, admission)

@@ -603,10 +603,16 @@ class ServerChannel(Protocol):
             why=why,
         )
         self._refusal = (code, why)
+        self.refused(code)
         if streaming:
             self._write_refusal()
         else:
             self._advance()
+
+    def refused(self, code: int) -> None:
+        """
+        A request was refused with C{code}, unhandled: a hook.
+        """
 
     def _write_refusal(self) -> None:
         code, _ = self._refusal

@@ -70,15 +70,22 @@ class BufferedLogFile:
 class AccessLog:
     """
     One line per answered request, in the combined log format twisted.web
-    and most log tools read: client address, time, request line, status,
-    body bytes sent, referrer and user agent.
+    and most log tools read (client address, time, request line, status,
+    body bytes sent, referrer and user agent), followed by where the time
+    went: C{queue=SECONDS worker=SECONDS worker_name="NAME"} (C{-} where
+    no worker took the job).
+
+    To the twistd log, each line is an event that also carries those
+    values as fields (C{client}, C{method}, C{target}, C{status},
+    C{bytes}, C{queue_seconds}, C{worker_seconds}, C{worker}), which
+    C{--log-format json} writes out for log shippers.
 
     :param write: called with each line, or L{None} for no log at all.
     :param close: called when the hub stops.
     """
 
     def __init__(
-        self, write: Callable[[str], None] | None, close: Callable[[], None] = lambda: None
+        self, write: Callable[..., None] | None, close: Callable[[], None] = lambda: None
     ) -> None:
         self._write = write
         self.close = close
@@ -98,9 +105,16 @@ class AccessLog:
         file = BufferedLogFile(where, clock)
         return cls(file.write, file.close)
 
-    def record(self, request: ServerRequest) -> None:
+    def record(
+        self, request: ServerRequest, queued: float | None = None,
+        worked: float | None = None, worker: str | None = None,
+    ) -> None:
         """
         Log C{request}, whose response is complete.
+
+        :param queued: seconds its job waited for a slot, if it was a job.
+        :param worked: seconds the worker took, if a worker took it.
+        :param worker: the name of that worker.
         """
         if self._write is None:
             return
@@ -112,19 +126,30 @@ class AccessLog:
                 referrer = value
             elif lower == b"user-agent":
                 agent = value
-        self._write(
-            '"%s" - - %s "%s %s %s" %d %s "%s" "%s"\n' % (
-                getattr(request.client_address(), "host", "-") or "-",
-                self._timestamp(),
-                _escape(head.method),
-                _escape(head.target),
-                head.version.decode("ascii"),
-                request.code,
-                request.sent or "-",
-                _escape(referrer),
-                _escape(agent),
-            )
+        client = getattr(request.client_address(), "host", "-") or "-"
+        method = _escape(head.method)
+        target = _escape(head.target)
+        line = '"%s" - - %s "%s %s %s" %d %s "%s" "%s" queue=%s worker=%s worker_name=%s\n' % (
+            client,
+            self._timestamp(),
+            method,
+            target,
+            head.version.decode("ascii"),
+            request.code,
+            request.sent or "-",
+            _escape(referrer),
+            _escape(agent),
+            "-" if queued is None else "%.3f" % queued,
+            "-" if worked is None else "%.3f" % worked,
+            "-" if worker is None else '"%s"' % _escape(worker.encode("utf-8")),
         )
+        if self._write is _to_twistd_log:
+            _to_twistd_log(
+                line, client=client, method=method, target=target, status=request.code,
+                bytes=request.sent, queue_seconds=queued, worker_seconds=worked, worker=worker,
+            )
+        else:
+            self._write(line)
 
     def _timestamp(self) -> str:
         now = time.time()
@@ -141,8 +166,8 @@ NO_ACCESS_LOG = "none"
 _access = Logger(namespace="pothead.access")
 
 
-def _to_twistd_log(line: str) -> None:
-    _access.info("{line}", line=line.rstrip("\n"))
+def _to_twistd_log(line: str, **fields: object) -> None:
+    _access.info("{line}", line=line.rstrip("\n"), **fields)
 
 
 def _escape(value: bytes) -> str:

@@ -3,10 +3,12 @@ The hub's admin port (C{--admin ENDPOINT}): a small twisted.web site that
 shows the queue, read from the hub's own state when asked.
 
   - C{/metrics}: Prometheus text format, through C{prometheus_client}'s
-    own Twisted resource and a collector that reads each pool at scrape
-    time (so serving requests costs nothing for it);
-  - C{/status.json}: the live state: pools, their queue and slots (each
-    with its worker's name, peer, state and current job), the limits;
+    own Twisted resource and a collector that turns each pool's counts
+    (L{pothead.hub.metrics}) into metric families when scraped;
+  - C{/status.json}: the live state: pools, their queue, the last fifteen
+    minutes of it (L{pothead.hub.history}), and their slots (each with its
+    worker's name, peer, state, jobs served and current job); the limits;
+  - C{/}: a status page drawing C{/status.json}, refreshed every few seconds;
   - C{/healthz}: the process serves; C{/readyz}: at least one slot is
     attached.
 
@@ -17,60 +19,132 @@ names every worker and shows every job's path.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from typing import Iterator
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.twisted import MetricsResource
+from prometheus_client.registry import Collector
+from twisted.application.service import MultiService
+from twisted.application.strports import service as listening
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.resource import Resource
-from twisted.web.server import Site
 
 from pothead.address import host_port
+from pothead.admin_web import TEXT, Answer, Page, admin_site
+from pothead.hub.history import History
 from pothead.hub.pool import Pool
 from pothead.hub.service import Hub
+from pothead.hub.tally import Tally
+from pothead.metrics import counter, gauge, histogram
+
+#: The status page, served as it is: HTML with its script and style inline.
+STATUS_PAGE = files("pothead.hub").joinpath("status_page.html").read_bytes()
 
 
-class PoolCollector:
+class HubCollector(Collector):
     """
-    A Prometheus collector of every pool's queue and slots, read when
-    scraped.
+    A Prometheus collector of the hub's pools and counts, read when scraped.
     """
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, out_of_descriptors: Tally | None = None) -> None:
+        """
+        :param out_of_descriptors: counts connections answered 503 from the
+            descriptor reserve, if the hub has one.
+        """
         self._hub = hub
+        self._out_of_descriptors = out_of_descriptors
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
-        queued = GaugeMetricFamily(
-            "pothead_queue_jobs", "Jobs waiting in the pool's queue.", labels=["pool"])
-        oldest = GaugeMetricFamily(
+    def collect(self) -> Iterator:
+        pools = self._hub.pools
+        metrics = {name: pool.metrics for name, pool in pools.items()}
+        yield gauge(
+            "pothead_queue_jobs", "Jobs waiting in the pool's queue.", ["pool"],
+            (([name], pool.queued) for name, pool in pools.items()))
+        yield gauge(
             "pothead_queue_oldest_age_seconds",
             "How long the job at the head of the pool's queue has waited (0 when none waits).",
-            labels=["pool"])
-        slots = GaugeMetricFamily(
-            "pothead_slots", "Worker slots attached to the pool, by state.",
-            labels=["pool", "state"])
-        for name, pool in self._hub.pools.items():
-            queued.add_metric([name], pool.queued)
-            oldest.add_metric([name], pool.head_waited() or 0.0)
-            busy = sum(1 for slot in pool.slots if slot.job is not None)
-            slots.add_metric([name, "attached"], len(pool.slots))
-            slots.add_metric([name, "idle"], pool.idle)
-            slots.add_metric([name, "busy"], busy)
-        yield queued
-        yield oldest
-        yield slots
+            ["pool"], (([name], pool.head_waited() or 0.0) for name, pool in pools.items()))
+        yield gauge(
+            "pothead_slots", "Worker slots attached to the pool, by state.", ["pool", "state"],
+            (series for name, pool in pools.items() for series in _slot_series(name, pool)))
+        yield histogram(
+            "pothead_queue_wait_seconds",
+            "Time from a job's arrival until the worker that answered it took it "
+            "(until the hub answered, if none did).",
+            ["pool"], (([name], m.queue_wait) for name, m in metrics.items()))
+        yield histogram(
+            "pothead_worker_seconds",
+            "Time from a worker taking a job until its response was all read.",
+            ["pool"], (([name], m.worker_time) for name, m in metrics.items()))
+        yield histogram(
+            "pothead_request_seconds",
+            "Time from a job's arrival until its consumer had the whole answer.",
+            ["pool"], (([name], m.total_time) for name, m in metrics.items()))
+        yield counter(
+            "pothead_responses", "Jobs answered, by status code and by who answered.",
+            ["pool", "code", "source"],
+            (([name, str(code), source], count) for name, m in metrics.items()
+             for (code, source), count in sorted(m.responses.items())))
+        yield counter(
+            "pothead_refusals",
+            "Jobs the hub answered itself or cut off, by reason (docs/operations.md).",
+            ["pool", "reason"],
+            (([name, reason], count) for name, m in metrics.items()
+             for reason, count in sorted(m.refusals.items())))
+        yield counter(
+            "pothead_requeues", "Jobs put back at the head of the queue, by reason.",
+            ["pool", "reason"],
+            (([name, reason], count) for name, m in metrics.items()
+             for reason, count in sorted(m.requeues.items())))
+        yield counter(
+            "pothead_retries", "Jobs sent to a worker again after a first worker took them.",
+            ["pool"], (([name], m.retries) for name, m in metrics.items()))
+        yield counter(
+            "pothead_consumers_left",
+            "Consumers that closed their connection before their answer, by stage.",
+            ["pool", "stage"],
+            (([name, stage], count) for name, m in metrics.items()
+             for stage, count in sorted(m.left.items())))
+        yield counter(
+            "pothead_received_bytes", "Request body bytes received from consumers.",
+            ["pool"], (([name], m.received_bytes) for name, m in metrics.items()))
+        yield counter(
+            "pothead_sent_bytes", "Response body bytes sent to consumers.",
+            ["pool"], (([name], m.sent_bytes) for name, m in metrics.items()))
+        hub = self._hub.metrics
+        yield counter(
+            "pothead_rejected_requests",
+            "Consumer requests refused before reaching a pool (malformed, too large, "
+            "too slow), by status code.",
+            ["code"], (([str(code)], count) for code, count in sorted(hub.rejected.items())))
+        yield counter(
+            "pothead_attach_failures",
+            "Worker-port connections that did not become a slot, by reason.",
+            ["reason"],
+            (([reason], count) for reason, count in sorted(hub.attach_failures.items())))
+        if self._out_of_descriptors is not None:
+            yield counter(
+                "pothead_out_of_descriptors",
+                "New connections answered 503 from the descriptor reserve.",
+                [], [([], self._out_of_descriptors.total)])
+
+
+def _slot_series(name: str, pool: Pool) -> Iterator[tuple[list[str], int]]:
+    busy = sum(1 for slot in pool.slots if slot.job is not None)
+    yield [name, "attached"], len(pool.slots)
+    yield [name, "idle"], pool.idle
+    yield [name, "busy"], busy
 
 
 def pool_status(pool: Pool, now: float) -> dict:
-    """What C{/status.json} says of one pool."""
+    """What C{/status.json} says of one pool, but its history."""
     slots = []
     for slot in sorted(pool.slots, key=lambda slot: slot.worker):
         job = slot.job
         entry = {
             "worker": slot.worker,
             "peer": host_port(slot.transport.getPeer()) if slot.transport else None,
-            "state": "busy" if job is not None else "waiting",
+            "state": slot.state,
+            "jobs_served": slot.served,
             "job": None,
         }
         if job is not None:
@@ -89,33 +163,42 @@ def pool_status(pool: Pool, now: float) -> dict:
     }
 
 
-class _Text(Resource):
-    isLeaf = True
+def admin_service(
+    hub: Hub, clock: IReactorTime, endpoint: str, out_of_descriptors: Tally | None = None
+) -> MultiService:
+    """
+    The admin port for C{hub} on C{endpoint}, with the history it shows.
 
-    def __init__(self, answer) -> None:
-        super().__init__()
-        self._answer = answer
+    :param out_of_descriptors: counts connections answered 503 from the
+        descriptor reserve, if the hub has one.
+    """
+    service = MultiService()
+    history = History(hub.pools, clock)
+    history.setServiceParent(service)
+    listening(endpoint, hub_admin_site(hub, clock, history, out_of_descriptors)).setServiceParent(
+        service)
+    return service
 
-    def render_GET(self, request) -> bytes:
-        code, content_type, body = self._answer()
-        request.setResponseCode(code)
-        request.setHeader(b"Content-Type", content_type)
-        request.setHeader(b"Cache-Control", b"no-store")
-        return body
 
-
-def admin_site(hub: Hub, clock: IReactorTime) -> Site:
+def hub_admin_site(
+    hub: Hub, clock: IReactorTime, history: History, out_of_descriptors: Tally | None = None
+):
     """
     The admin port's site for C{hub}.
     """
     registry = CollectorRegistry()
-    registry.register(PoolCollector(hub))
+    registry.register(HubCollector(hub, out_of_descriptors))
 
-    def status() -> tuple[int, bytes, bytes]:
+    def status() -> Answer:
         now = clock.seconds()
         limits = hub.limits
+        pools = {}
+        for name, pool in hub.pools.items():
+            pools[name] = pool_status(pool, now)
+            pools[name]["history"] = history.of(name)
         document = {
-            "pools": {name: pool_status(pool, now) for name, pool in hub.pools.items()},
+            "time": round(now, 3),
+            "pools": pools,
             "limits": {
                 "max_queue": limits.max_queue,
                 "queue_timeout_seconds": limits.queue_timeout,
@@ -126,19 +209,14 @@ def admin_site(hub: Hub, clock: IReactorTime) -> Site:
         }
         return 200, b"application/json", json.dumps(document, indent=1).encode() + b"\n"
 
-    def ready() -> tuple[int, bytes, bytes]:
+    def ready() -> Answer:
         attached = sum(len(pool.slots) for pool in hub.pools.values())
         if attached:
-            return 200, b"text/plain; charset=utf-8", b"ready: %d slots attached\n" % attached
-        return 503, b"text/plain; charset=utf-8", b"not ready: no slot attached\n"
+            return 200, TEXT, b"ready: %d slots attached\n" % attached
+        return 503, TEXT, b"not ready: no slot attached\n"
 
-    root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=registry))
-    root.putChild(b"status.json", _Text(status))
-    root.putChild(b"healthz", _Text(lambda: (200, b"text/plain; charset=utf-8", b"ok\n")))
-    root.putChild(b"readyz", _Text(ready))
-    site = Site(root)
-    site.noisy = False
-    # A scrape every few seconds is not news for the log.
-    site.log = lambda request: None
-    return site
+    return admin_site(registry, {
+        b"": Page(lambda: (200, b"text/html; charset=utf-8", STATUS_PAGE)),
+        b"status.json": Page(status),
+        b"readyz": Page(ready),
+    })

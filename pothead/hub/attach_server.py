@@ -30,6 +30,7 @@ from pothead.http.message import reason_phrase
 from pothead.hub.bidding_slot import BiddingSlot
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
+from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
 from pothead.hub.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
@@ -121,6 +122,18 @@ def _chosen_upgrade(headers: Headers) -> bytes:
     return chosen
 
 
+#: C{pothead_attach_failures_total}'s reason for each refusal's status.
+_REFUSAL_REASONS = {
+    400: "bad_request", 401: "unauthorized", 404: "unknown_pool", 426: "upgrade_required",
+    503: "slots_full",
+}
+
+#: Its reason for a connection dropped without an answer.
+_DROP_REASONS = {
+    "timed out": "timeout", "silent too long": "quiet", "head too large": "head_too_large",
+}
+
+
 class AttachServer(HeadReceiver):
     """
     One connection on the worker port, until it attaches or is refused.
@@ -141,6 +154,7 @@ class AttachServer(HeadReceiver):
         self.quiet_timeout = port.limits.quiet_timeout
         self.callLater = port.clock.callLater
         self._connections = port.connections
+        self._failures = port.metrics.attach_failures
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -203,9 +217,11 @@ class AttachServer(HeadReceiver):
             peer=host_port(self.transport.getPeer()),
             why=why,
         )
+        self._failures[_DROP_REASONS.get(why, "other")] += 1
         super().head_failed(why)
 
     def _refuse(self, refusal: AttachRefused) -> None:
+        self._failures[_REFUSAL_REASONS[refusal.code]] += 1
         body = refusal.why.encode("utf-8") + b"\n"
         head = [
             b"HTTP/1.1 %d %s" % (refusal.code, reason_phrase(refusal.code)),
@@ -230,8 +246,13 @@ class WorkerPortFactory(Factory):
         limits: Limits,
         clock: IReactorTime,
         connections: ConnectionLimit,
+        metrics: HubMetrics,
     ) -> None:
+        """
+        :param metrics: where attaches that fail are counted.
+        """
         self.pools = pools
+        self.metrics = metrics
         self.token_check = token_check
         self.limits = limits
         self.clock = clock

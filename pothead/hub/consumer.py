@@ -14,6 +14,7 @@ from pothead.hub.access_log import AccessLog
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.job import Job
 from pothead.hub.limits import Limits
+from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
 
 
@@ -64,10 +65,16 @@ class ConsumerChannel(ServerChannel):
         """
         self.close()
 
+    def refused(self, code: int) -> None:
+        self.factory.metrics.rejected[code] += 1
+
 
 class ConsumerFactory(Factory):
     """
     Consumer connections, sharing a pool, limits and an access log.
+
+    :ivar server_timing: whether responses carry a C{Server-Timing} header.
+    :ivar metrics: where requests refused before any pool are counted.
     """
 
     request_class = ConsumerRequest
@@ -75,9 +82,11 @@ class ConsumerFactory(Factory):
 
     def __init__(
         self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog,
-        connections: ConnectionLimit,
+        connections: ConnectionLimit, metrics: HubMetrics, server_timing: bool = True,
     ) -> None:
         self.pool = pool
+        self.metrics = metrics
+        self.server_timing = server_timing
         self.clock = clock
         self.limits = limits
         self.access_log = access_log
@@ -96,11 +105,16 @@ class ConsumerFactory(Factory):
             else:
                 request.answer(405, b"Method Not Allowed", [(b"Allow", b"OPTIONS")], b"")
             return
-        request.job = Job(request, self.pool, self.clock, self.limits)
+        request.job = Job(request, self.pool, self.clock, self.limits, self.server_timing)
         request.job.queue()
 
     def answered(self, request: ConsumerRequest) -> None:
-        self.access_log.record(request)
+        job = request.job
+        if job is None:
+            self.access_log.record(request)
+            return
+        job.finished()
+        self.access_log.record(request, job.queue_seconds, job.worker_seconds, job.worker)
 
     def lost(self, request: ConsumerRequest) -> None:
         if request.job is not None:
@@ -112,7 +126,7 @@ class ConsumerFactory(Factory):
 
 def consumer_factory(
     pool: Pool, clock: IReactorTime, limits: Limits, connections: ConnectionLimit,
-    access_log: str | None = None,
+    metrics: HubMetrics, access_log: str | None = None, server_timing: bool = True,
 ) -> ConsumerFactory:
     """
     The factory consumers connect to.
@@ -122,9 +136,15 @@ def consumer_factory(
     :param limits: what consumers may send, and how long they may wait.
     :param connections: the limit on consumer connections, shared by
         every consumer port.
+    :param metrics: where requests refused before any pool are counted.
     :param access_log: where the access log goes (combined log format):
         L{None} for the twistd log, a path for a file of its own (written
         in blocks, so cheaper per request), or C{"none"}.
+    :param server_timing: whether responses say, in a C{Server-Timing}
+        header, how long the job waited and how long the worker took.
     """
-    return ConsumerFactory(pool, clock, limits, AccessLog.open(access_log, clock), connections)
+    return ConsumerFactory(
+        pool, clock, limits, AccessLog.open(access_log, clock), connections, metrics,
+        server_timing,
+    )
 

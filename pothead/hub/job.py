@@ -69,18 +69,35 @@ class Job:
     :ivar queued_at: when the hub received it; its age in line, which a
         requeue does not reset.
     :ivar requeued: whether it was put back at the head of the queue.
+    :ivar waited: whether it joined the queue (it was not refused at once).
+    :ivar taken_at: when a slot last took it, or L{None}.
+    :ivar worker: the name of the worker that last took it, or L{None}.
+    :ivar worker_done_at: when the worker's response was all read, or L{None}.
+    :ivar answered_by: C{"worker"} once a worker's response is relayed,
+        C{"hub"} while the hub answers itself.
+    :ivar queue_seconds: once it is over, the time it waited for the slot
+        that answered it (until the hub answered it, if none did).
+    :ivar worker_seconds: once it is over, the time from that slot taking
+        it until the response was read, or L{None} if no slot took it.
     """
 
     # Thousands may wait in a queue at once: no instance dictionaries.
     __slots__ = (
         "request", "pool", "_clock", "limits", "_request_deadline", "_timer",
         "_lost_workers", "_hand_backs", "slot", "gone", "responding", "body", "head",
-        "queued_until", "queued_at", "requeued", "_last_byte",
+        "queued_until", "queued_at", "requeued", "_last_byte", "waited", "taken_at", "worker",
+        "worker_done_at", "answered_by", "queue_seconds", "worker_seconds", "_server_timing",
     )
 
     def __init__(
-        self, request: ServerRequest, pool: Pool[Job], clock: IReactorTime, limits: Limits
+        self, request: ServerRequest, pool: Pool[Job], clock: IReactorTime, limits: Limits,
+        server_timing: bool = True,
     ) -> None:
+        """
+        :param server_timing: whether its response says, in a
+            C{Server-Timing} header, how long it waited and how long the
+            worker took.
+        """
         self.request = request
         self.pool = pool
         self._clock = clock
@@ -92,6 +109,14 @@ class Job:
         self._timer: IDelayedCall | None = None
         self.queued_until = self._request_deadline
         self.requeued = False
+        self.waited = False
+        self.taken_at: float | None = None
+        self.worker: str | None = None
+        self.worker_done_at: float | None = None
+        self.answered_by = "hub"
+        self.queue_seconds = 0.0
+        self.worker_seconds: float | None = None
+        self._server_timing = server_timing
         self._lost_workers = 0
         self._hand_backs = 0
         self.slot: Serving | None = None
@@ -118,6 +143,21 @@ class Job:
         """The request line's method and target, for log lines."""
         head = self.request.head
         return f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
+
+    @property
+    def code(self) -> int:
+        """The status its consumer is answered with, once answered."""
+        return self.request.code
+
+    @property
+    def sent(self) -> int:
+        """Response body bytes sent to its consumer."""
+        return self.request.sent
+
+    @property
+    def body_length(self) -> int | None:
+        """Its request body's size, if it has one."""
+        return None if self.body is None else self.body.length
 
     @property
     def idempotent(self) -> bool:
@@ -148,15 +188,17 @@ class Job:
             # A line per request would flood the log just when the hub
             # is busiest; the access log has each of them.
             self.pool.turned_away.count(f"{self.what} from {self.peer}")
-            self._answer_unavailable()
+            self._answer_unavailable("queue_full")
             return
+        self.waited = True
         self._wait_in_line()
         self.pool.put(self)
 
-    def _requeue(self) -> None:
+    def _requeue(self, reason: str) -> None:
         """
         Go back to the head of the pool's queue, unprocessed.
         """
+        self.pool.metrics.requeues[reason] += 1
         self.slot = None
         self.requeued = True
         self._settle()
@@ -168,7 +210,12 @@ class Job:
         A slot has taken this job out of the queue to serve it.
         """
         self.slot = slot
-        delay = max(0.0, self._request_deadline - self._clock.seconds())
+        now = self._clock.seconds()
+        if self.taken_at is not None:
+            self.pool.metrics.retries += 1
+        self.taken_at = now
+        self.worker = slot.worker
+        delay = max(0.0, self._request_deadline - now)
         self._timer = self._clock.callLater(delay, self._time_up)
 
     def worker_lost_before_answer(self, why: str) -> None:
@@ -186,7 +233,7 @@ class Job:
                 "worker {worker} lost before answering {request} from {peer}; requeued",
                 worker=slot.worker, request=self.what, peer=self.peer,
             )
-            self._requeue()
+            self._requeue("lost_worker")
         else:
             self._worker_failed(slot.worker, why)
 
@@ -205,12 +252,12 @@ class Job:
         if self.over:
             return
         if self._hand_backs > MAX_REQUEUE_SIGNALS:
-            self.unavailable(f"handed back by workers {self._hand_backs} times")
+            self.unavailable(f"handed back by workers {self._hand_backs} times", "requeue_limit")
         else:
             (_log.debug if withdrawn else _log.info)(
                 "worker {worker} handed back {request}", worker=slot.worker, request=self.what,
             )
-            self._requeue()
+            self._requeue("withdrawn" if withdrawn else "requeue_signal")
 
     def broke_off(self, why: str) -> None:
         """
@@ -232,7 +279,7 @@ class Job:
             "worker {worker} failed {request} from {peer}: {why}; answering 502",
             worker=worker, request=self.what, peer=self.peer, why=why,
         )
-        self.answer(502, "The worker failed to answer this request.")
+        self.answer(502, "The worker failed to answer this request.", "worker_failed")
 
     def _wait_in_line(self) -> None:
         waited_enough = self._clock.seconds() + self.limits.queue_timeout
@@ -245,7 +292,7 @@ class Job:
         timeout came first.
         """
         if self._clock.seconds() < self._request_deadline:
-            self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker")
+            self.unavailable(f"waited {self.limits.queue_timeout:g}s for a worker", "queue_timeout")
         else:
             self._too_late()
 
@@ -278,21 +325,25 @@ class Job:
         _log.warn(
             "{request} from {peer}: 504, {why}", request=self.what, peer=self.peer, why=why,
         )
-        self.answer(504, "The worker did not answer in time.")
+        self.answer(504, "The worker did not answer in time.", "request_timeout")
 
-    def unavailable(self, why: str) -> None:
+    def unavailable(self, why: str, reason: str) -> None:
         """
         Answer 503 with Retry-After: no worker will take this job now.
+
+        :param why: what happened, for the log line.
+        :param reason: the refusal's name (L{pothead.hub.metrics.REFUSAL_REASONS}).
         """
         _log.warn(
             "{request} from {peer}: 503, {why}", request=self.what, peer=self.peer, why=why,
         )
-        self._answer_unavailable()
+        self._answer_unavailable(reason)
 
-    def _answer_unavailable(self) -> None:
+    def _answer_unavailable(self, reason: str) -> None:
         self.answer(
             503,
             "No worker is available; try again later.",
+            reason,
             ((b"Retry-After", b"%d" % (self.limits.retry_after,)),),
         )
 
@@ -323,9 +374,11 @@ class Job:
         self._settle()
         if self.slot is None:
             if self.pool.discard(self):
+                self.pool.metrics.left["queued"] += 1
                 _log.info("consumer {peer} left the queue: {request}", peer=self.peer,
                           request=self.what)
         else:
+            self.pool.metrics.left["served"] += 1
             _log.info(
                 "consumer {peer} went away during {request}; dropping worker {worker}'s slot",
                 peer=self.peer, request=self.what, worker=self.slot.worker,
@@ -347,7 +400,11 @@ class Job:
             self._settle()
             return
         self.responding = True
-        request.start(head.code, head.phrase, _relayed_headers(head), head.content_length)
+        self.answered_by = "worker"
+        fields = _relayed_headers(head)
+        if self._server_timing:
+            fields.append((b"Server-Timing", self._timing()))
+        request.start(head.code, head.phrase, fields, head.content_length)
         request.register_producer(worker)
         # One timer for the whole body, not one per piece: each piece only
         # notes the time, and the timer, when it fires, looks how long ago.
@@ -375,6 +432,7 @@ class Job:
             "{stall:g}s; both cut off",
             request=self.what, peer=self.peer, worker=self.slot.worker, stall=stall,
         )
+        self.pool.metrics.refusals["stalled"] += 1
         self.responding = False
         self.request.unregister_producer()
         self.abort()
@@ -384,6 +442,7 @@ class Job:
         """
         The worker's response is complete: so is the consumer's.
         """
+        self.worker_done_at = self._clock.seconds()
         self._settle()
         if self.responding and not self.gone:
             self.responding = False
@@ -399,6 +458,7 @@ class Job:
         if self.responding and not self.gone:
             self.responding = False
             self.request.unregister_producer()
+            self.pool.metrics.refusals["broke_off"] += 1
             _log.warn(
                 "worker response to {request} broke off: {why}; consumer {peer} cut off",
                 request=self.what, why=why, peer=self.peer,
@@ -406,27 +466,61 @@ class Job:
             self.abort()
 
     def answer(
-        self, code: int, message: str, headers: tuple[tuple[bytes, bytes], ...] = ()
+        self, code: int, message: str, reason: str,
+        headers: tuple[tuple[bytes, bytes], ...] = (),
     ) -> None:
         """
         Answer the consumer from the hub itself, when no worker will.
 
         A consumer that already has part of a worker's response is cut off
         instead: a truncated body must never look complete.
+
+        :param reason: why (L{pothead.hub.metrics.REFUSAL_REASONS}): counted,
+            and named in the C{Server-Timing} header of the phase it ended.
         """
         request = self.request
         self._settle()
         if self.gone or request.finished:
             return
+        self.pool.metrics.refusals[reason] += 1
         if request.started:
             self.abort()
             return
-        request.answer(
-            code,
-            reason_phrase(code),
-            [(b"Content-Type", b"text/plain; charset=utf-8"), *headers],
-            (message + "\n").encode("utf-8"),
-        )
+        fields = [(b"Content-Type", b"text/plain; charset=utf-8"), *headers]
+        if self._server_timing:
+            fields.append((b"Server-Timing", self._timing(reason)))
+        request.answer(code, reason_phrase(code), fields, (message + "\n").encode("utf-8"))
+
+    def _timing(self, ended: str | None = None) -> bytes:
+        """
+        The C{Server-Timing} value of a response starting now: how long the
+        job waited in the queue, and how long its worker took to the
+        response head (if a worker took it), in milliseconds.
+
+        :param ended: why the hub answered itself, named in the last phase.
+        """
+        now = self._clock.seconds()
+        taken = self.taken_at
+        if taken is None:
+            timing = b"queue;dur=%.1f" % ((now - self.queued_at) * 1000,)
+        else:
+            timing = b"queue;dur=%.1f, worker;dur=%.1f" % (
+                (taken - self.queued_at) * 1000, (now - taken) * 1000)
+        if ended is not None:
+            timing += b';desc="%s"' % ended.encode("ascii")
+        return timing
+
+    def finished(self) -> None:
+        """
+        The consumer has its whole answer: the job's times are settled, and
+        counted.
+        """
+        now = self._clock.seconds()
+        taken = self.taken_at
+        self.queue_seconds = (now if taken is None else taken) - self.queued_at
+        if taken is not None:
+            self.worker_seconds = (self.worker_done_at or now) - taken
+        self.pool.metrics.finished(self, now)
 
     def abort(self) -> None:
         """

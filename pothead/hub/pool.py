@@ -12,6 +12,7 @@ from typing import Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from pothead.hub.metrics import PoolMetrics
 from pothead.hub.tally import Tally
 
 
@@ -153,6 +154,7 @@ class Pool(Generic[Q]):
         queued: a slot held by its worker with nothing to bid for it
         (L{pothead.bidding}).  Each is told once, and leaves the set.
     :ivar turned_away: requests answered 503 because the queue was full.
+    :ivar metrics: what the pool counts of its jobs.
     """
 
     def __init__(self, name: str, clock: IReactorTime) -> None:
@@ -165,6 +167,7 @@ class Pool(Generic[Q]):
         self.turned_away = Tally(
             clock, f"pool {name}: queue full, answered {{count}} requests 503 (last: {{detail}})"
         )
+        self.metrics = PoolMetrics()
 
     @property
     def queued(self) -> int:
@@ -195,6 +198,7 @@ class Pool(Generic[Q]):
         if self._line.is_last(job):
             self._watch(job.queued_until)
             self._tell_watching()
+            self._note_depth()
 
     def put_first(self, job: Q) -> None:
         """
@@ -204,6 +208,12 @@ class Pool(Generic[Q]):
         if self._line.put_first(job):
             self._watch(job.queued_until)
             self._tell_watching()
+            self._note_depth()
+
+    def _note_depth(self) -> None:
+        metrics = self.metrics
+        if len(self._line) > metrics.queued_peak:
+            metrics.queued_peak = len(self._line)
 
     def _tell_watching(self) -> None:
         if self.watching:

@@ -17,7 +17,9 @@ from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.consumer import ConsumerFactory, consumer_factory
 from pothead.hub.descriptors import ATTACH_MARGIN
 from pothead.hub.limits import Limits
+from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
+from pothead.logs import LogFormatChoice
 from pothead.tokens import TokenCheck
 
 _log = Logger()
@@ -36,6 +38,8 @@ class Hub:
         by every consumer port.
     :ivar worker_connections: the limit on worker-port connections: the
         slots it holds, and a margin for attaches it reads to refuse.
+    :ivar server_timing: whether responses carry a C{Server-Timing} header.
+    :ivar metrics: the counts that belong to no pool (each pool keeps its own).
     """
 
     def __init__(
@@ -44,8 +48,11 @@ class Hub:
         token: str | None = None,
         limits: Limits | None = None,
         access_log: str | None = None,
+        server_timing: bool = True,
     ) -> None:
         self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL, clock)}
+        self.server_timing = server_timing
+        self.metrics = HubMetrics()
         self.limits = limits or Limits()
         self.access_log = access_log
         self.consumer_connections = ConnectionLimit(self.limits.connections, clock, "consumer")
@@ -61,7 +68,7 @@ class Hub:
         """
         return consumer_factory(
             self.pools[DEFAULT_POOL], self._clock, self.limits, self.consumer_connections,
-            self.access_log,
+            self.metrics, self.access_log, self.server_timing,
         )
 
     def legacy_worker_factory(self) -> LegacyWorkerFactory:
@@ -80,6 +87,7 @@ class Hub:
             self.limits,
             self._clock,
             self.worker_connections,
+            self.metrics,
         )
 
     @property
@@ -111,7 +119,7 @@ class Hub:
                 slot.detach()
 
 
-class HubService(MultiService):
+class HubService(LogFormatChoice, MultiService):
     """
     A hub's listeners, stopped in the order that loses no request: first
     stop accepting consumers, then let queued and in-flight jobs finish

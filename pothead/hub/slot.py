@@ -47,6 +47,7 @@ class Slot(Protocol):
 
     :ivar worker: what the worker called itself when it attached.
     :ivar job: the job being served, or L{None} while idle.
+    :ivar served: how many jobs its worker has answered.
     """
 
     #: Whether the connection serves one request only, as a legacy worker's
@@ -67,6 +68,7 @@ class Slot(Protocol):
         self.worker = worker
         self._offered_elsewhere = offered_elsewhere
         self.job: Job | None = None
+        self.served = 0
         self._waiting: Deferred[Job] | None = None
         self._responses = ResponseReader(self)
         self._keep_alive = False
@@ -78,6 +80,17 @@ class Slot(Protocol):
 
     def __repr__(self) -> str:
         return f"<Slot {self.worker} pool={self.pool.name}>"
+
+    @property
+    def state(self) -> str:
+        """
+        C{"busy"} serving a job, C{"idle"} in line for one, or
+        C{"elsewhere"}: attached but neither, its worker bidding for it or
+        holding it for another hub's job (late binding), or between two jobs.
+        """
+        if self.job is not None:
+            return "busy"
+        return "idle" if self._waiting is not None else "elsewhere"
 
     def connectionMade(self) -> None:
         # Tuned again for a legacy worker's connection, which has no attach.
@@ -272,6 +285,7 @@ class Slot(Protocol):
                 self._close()
             job.handed_back(self._withdrawn)
         else:
+            self.served += 1
             self._answered(job)
         if next_first or self._closing or not self.connected:
             return

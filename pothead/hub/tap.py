@@ -6,18 +6,18 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.python import usage
 
-from pothead.hub.admin import admin_site
+from pothead.hub.admin import admin_service
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.descriptors import take_budget
 from pothead.hub.limits import Limits
 from pothead.hub.listening import DescriptorReserve, Listener, overflow_response, with_backlog
 from pothead.hub.service import Hub, HubService
+from pothead.logs import log_format
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 
@@ -57,9 +57,12 @@ class Options(usage.Options):
     )
     optParameters = [
         ["admin", None, None,
-         "Serve /metrics (Prometheus), /status.json, /healthz and /readyz on this "
-         "endpoint, e.g. tcp:9090:interface=127.0.0.1 (default: off; it shows every "
-         "worker and job, so keep it private)."],
+         "Serve a status page (/), /metrics (Prometheus), /status.json, /healthz and "
+         "/readyz on this endpoint, e.g. tcp:9090:interface=127.0.0.1 (default: off; it "
+         "shows every worker and job, so keep it private)."],
+        ["log-format", None, "text",
+         "'text', or 'json': every log line (access log and events) as one JSON object "
+         "per line on standard output, for log shippers.", log_format],
         ["token-file", None, None,
          "File whose first line is the token workers must present "
          "(default: $POTHEAD_TOKEN, else no token)."],
@@ -111,6 +114,9 @@ class Options(usage.Options):
     ]
 
     optFlags = [
+        ["no-server-timing", None,
+         "Do not add a Server-Timing header (time queued, time at the worker) to "
+         "responses: relay the worker's headers exactly."],
         ["allow-legacy-without-token", None,
          "Allow --legacy-worker while a token is required: legacy workers "
          "cannot present one, so that port is open to anyone who reaches it."],
@@ -174,8 +180,10 @@ def makeService(config: Options) -> HubService:
     endpoints = config["consumer"] + config["worker"] + config["legacy-worker"]
     budget = take_budget(limits.connections, limits.max_slots, len(endpoints))
     limits = replace(limits, max_connections=budget.max_connections, max_slots=budget.max_slots)
-    hub = Hub(reactor, token=config["token"], limits=limits, access_log=config["access-log"])
+    hub = Hub(reactor, token=config["token"], limits=limits, access_log=config["access-log"],
+              server_timing=not config["no-server-timing"])
     service = HubService(hub)
+    service.log_format = config["log-format"]
     reserve = DescriptorReserve(reactor, overflow_response(limits.retry_after))
 
     def listen(description: str, factory: Factory, limit: ConnectionLimit,
@@ -190,5 +198,5 @@ def makeService(config: Options) -> HubService:
     for description in config["legacy-worker"]:
         listen(description, hub.legacy_worker_factory(), hub.worker_connections, service.workers)
     if config["admin"] is not None:
-        strports.service(config["admin"], admin_site(hub, reactor)).setServiceParent(service)
+        admin_service(hub, reactor, config["admin"], reserve.answered).setServiceParent(service)
     return service
