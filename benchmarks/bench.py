@@ -448,6 +448,10 @@ class Pothead(System):
         """What the worker serves: the benchmark app, in its own threads."""
         return ["--app", "app:app", "--app-dir", str(HERE)]
 
+    def hub_options(self) -> list[str]:
+        """The hub's options beyond its ports, access log and limits."""
+        return []
+
     def start(self):
         self.front = free_port()
         wport = free_port()
@@ -456,7 +460,7 @@ class Pothead(System):
             "-n", "--pidfile=", "-l", "-", "pothead-hub",
             "--consumer", f"tcp:{self.front}:interface={HOST}",
             "--worker", f"tcp:{wport}:interface={HOST}",
-            "--access-log", str(self.workdir / "access.log"),
+            "--access-log", str(self.workdir / "access.log"), *self.hub_options(),
         ] + hub_limit_options(twistd, self.tree, self.env), cwd=self.tree, env=self.env)
         wait_port(wport, 30, hub)
         wait_port(self.front, 30, hub)

@@ -1,0 +1,185 @@
+"""
+What the hub's metrics cost (issue 18).
+
+    python benchmarks/metrics.py [--quick] [--repeat N]
+
+Two parts, each measured in this run:
+
+1. The per-request bookkeeping, in this process: observing one value in
+   pothead's L{pothead.metrics.Distribution} (a bisect into bucket counts)
+   against C{prometheus_client}'s C{Histogram.observe} with the same
+   buckets, and bumping a labelled count in a dict against
+   C{Counter.labels(...).inc()}; nanoseconds per call, the median of
+   interleaved rounds.
+
+2. The hub with and without ``--admin``, as bench.py measures pothead:
+   sequential ``/tiny`` requests on a kept-alive connection (p50) and
+   closed-loop ``/tiny`` throughput, each system started fresh per repeat,
+   the two taking turns going first.  With ``--admin``, a scraper reads
+   ``/metrics`` and ``/status.json`` every second while it is measured (a
+   Prometheus scraping every 15 s, and a status page open, cost less).
+   The counts are kept either way (they are plain integers on the
+   reactor thread): this is the price of the admin port, its history and
+   its scrapes.  The counts' own price is measured against the commit
+   before them with ``benchmarks/run --baseline`` (benchmarks/README.md).
+
+It prints the medians and the ratios: added p50 in milliseconds and in
+percent, and the throughput ratio.  Every process is stopped by its PID.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import os
+import random
+import signal
+import sys
+import tempfile
+import threading
+import time
+import timeit
+import urllib.request
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+sys.path.insert(0, str(HERE))
+import bench  # noqa: E402
+import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
+from bench import FULL, HOST, QUICK, Pothead, free_port, m_overhead, m_throughput, med  # noqa: E402
+
+
+def bookkeeping(rounds: int, calls: int) -> dict[str, float]:
+    """Nanoseconds per call of each way of counting, median of C{rounds}."""
+    from collections import defaultdict
+
+    from prometheus_client import CollectorRegistry, Counter, Histogram
+
+    from pothead.metrics import BOUNDS, Distribution
+
+    registry = CollectorRegistry()
+    histogram = Histogram("h_seconds", "h", ["pool"], buckets=BOUNDS, registry=registry)
+    child = histogram.labels("default")
+    counter = Counter("c", "c", ["pool", "code", "source"], registry=registry)
+    distribution = Distribution()
+    counts: defaultdict = defaultdict(int)
+    values = [random.lognormvariate(-5, 2) for _ in range(1024)]
+    cases = {
+        "Distribution.observe": lambda: [distribution.observe(v) for v in values],
+        "prometheus Histogram.observe": lambda: [child.observe(v) for v in values],
+        "dict count": lambda: [counts.__setitem__((200, "worker"), counts[200, "worker"] + 1)
+                               for v in values],
+        "prometheus Counter.labels().inc()": lambda: [
+            counter.labels("default", "200", "worker").inc() for v in values],
+    }
+    timings: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            seconds = timeit.timeit(case, number=calls // len(values))
+            timings[name].append(seconds / (calls // len(values) * len(values)) * 1e9)
+    return {name: med(values) for name, values in timings.items()}
+
+
+class Admin(Pothead):
+    """pothead whose hub serves --admin, scraped every second while measured."""
+
+    name = "admin"
+
+    def hub_options(self) -> list[str]:
+        self.admin = free_port()
+        return ["--admin", f"tcp:{self.admin}:interface={HOST}"]
+
+
+class Scraper(threading.Thread):
+    """Read /metrics and /status.json every second until stopped."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.scrapes = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.wait(1.0):
+            for path in ("/metrics", "/status.json"):
+                with urllib.request.urlopen(f"http://{HOST}:{self.port}{path}", timeout=5) as r:
+                    r.read()
+            self.scrapes += 1
+
+
+def measure(cls, workdir: Path, cfg: dict) -> dict:
+    system = cls(workdir, cfg["slots"])
+    scraper = None
+    try:
+        system.start()
+        if cls is Admin:
+            scraper = Scraper(system.admin)
+            scraper.start()
+        result = {"overhead": m_overhead(system, cfg), "throughput": m_throughput(system, cfg)}
+        if scraper is not None:
+            scraper.done.set()
+            scraper.join(10)
+            result["scrapes"] = scraper.scrapes
+        return result
+    finally:
+        if scraper is not None:
+            scraper.done.set()
+        system.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="the cost of the hub's metrics and --admin")
+    parser.add_argument("--quick", action="store_true", help="smoke pass: few requests, 1 repeat")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats (default 5; 1 with --quick)")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else FULL
+    repeat = args.repeat or (1 if args.quick else 5)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    sys.path.insert(0, str(REPO))
+
+    print("# per-call bookkeeping (ns per call, median of interleaved rounds)", flush=True)
+    ns = bookkeeping(3 if args.quick else 7, 20_000 if args.quick else 200_000)
+    for name, value in ns.items():
+        print(f"  {name:36s} {value:8.0f} ns")
+    print(f"  Histogram.observe / Distribution.observe: "
+          f"{ns['prometheus Histogram.observe'] / ns['Distribution.observe']:.1f}x")
+
+    atexit.register(bench.stop_all)
+    signal.signal(signal.SIGTERM, bench._on_signal)
+    signal.signal(signal.SIGINT, bench._on_signal)
+    workroot = Path(tempfile.mkdtemp(prefix="pothead-metrics-"))
+    print(f"# work dir (logs): {workroot}", flush=True)
+    results: dict[str, list[dict]] = {"pothead": [], "admin": []}
+    systems = {"pothead": Pothead, "admin": Admin}
+    started = time.monotonic()
+    for rep in range(repeat):
+        order = ["pothead", "admin"] if rep % 2 == 0 else ["admin", "pothead"]
+        for name in order:
+            workdir = workroot / f"r{rep}-{name}"
+            workdir.mkdir()
+            res = measure(systems[name], workdir, cfg)
+            results[name].append(res)
+            print(f"[{rep + 1}/{repeat}] {name:7s} keep-alive p50 "
+                  f"{res['overhead']['keepalive']['p50_ms']:.3f} ms, /tiny "
+                  f"{res['throughput']['rps']:.0f} req/s "
+                  f"(failed {res['overhead']['keepalive']['failed'] + res['throughput']['failed']}"
+                  + (f", {res['scrapes']} scrapes" if "scrapes" in res else "") + ")",
+                  flush=True)
+    p50 = {k: med([r["overhead"]["keepalive"]["p50_ms"] for r in v]) for k, v in results.items()}
+    rps = {k: med([r["throughput"]["rps"] for r in v]) for k, v in results.items()}
+    print()
+    print(f"--admin (scraped every second) vs none, {cfg['slots']} slots, median of {repeat} "
+          f"({time.monotonic() - started:.0f} s, {bench.machine()['cpus']} CPUs):")
+    added = p50["admin"] - p50["pothead"]
+    print(f"  keep-alive p50: without {p50['pothead']:.3f} ms, with {p50['admin']:.3f} ms: "
+          f"added {added:+.3f} ms ({added / p50['pothead'] * 100:+.1f} %)")
+    print(f"  /tiny throughput: without {rps['pothead']:.0f} req/s, with {rps['admin']:.0f} req/s: "
+          f"ratio {rps['admin'] / rps['pothead']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
