@@ -13,6 +13,7 @@ head, to the protocol that takes over.
 
 from __future__ import annotations
 
+from typing import Sequence
 from urllib.parse import quote
 
 from httptools import HttpRequestParser, HttpResponseParser
@@ -201,14 +202,21 @@ class HeadReceiver(Protocol, TimeoutMixin):
             self._successor.connectionLost(reason)
 
 
+def attach_path(pool: str | Sequence[str]) -> bytes:
+    """The pools part of an attach path: names percent-encoded, comma-separated."""
+    pools = [pool] if isinstance(pool, str) else pool
+    return b",".join(quote(name, safe="").encode("ascii") for name in pools)
+
+
 def attach_request(
-    host: str, pool: str, token: str | None, worker: str, offered_to: int = 1
+    host: str, pool: str | Sequence[str], token: str | None, worker: str, offered_to: int = 1
 ) -> bytes:
     """
     The bytes a worker sends to attach one slot.
 
     :param host: the hub's name, for the Host header.
-    :param pool: which pool the slot joins.
+    :param pool: which pool the slot joins; or several, named in its path
+        separated by commas, and the slot takes the oldest job across them.
     :param token: the hub's bearer token, if it requires one.
     :param worker: free text naming this slot, for the hub's logs.
     :param offered_to: how many hubs the slot is offered to at once (late
@@ -217,7 +225,7 @@ def attach_request(
         another hub gives it.
     """
     lines = [
-        b"GET " + ATTACH_PATH + quote(pool, safe="").encode("ascii") + b" HTTP/1.1",
+        b"GET " + ATTACH_PATH + attach_path(pool) + b" HTTP/1.1",
         b"Host: " + host.encode("idna"),
         b"Connection: Upgrade",
         b"Upgrade: " + UPGRADE_TOKENS[0],

@@ -37,12 +37,13 @@ class HubHarness:
     A hub on a fake clock whose connections are StringTransports.
     """
 
-    def __init__(self, server_timing: bool = True, **limits) -> None:
+    def __init__(self, server_timing: bool = True, pools=None, **limits) -> None:
         self.clock = MemoryReactorClock()
-        self.hub = Hub(self.clock, limits=Limits(**limits), server_timing=server_timing)
+        self.hub = Hub(self.clock, limits=Limits(**limits), server_timing=server_timing,
+                       pools=pools)
         self.site = self.hub.consumer_factory()
         self.workers = self.hub.worker_factory()
-        self.pool = self.hub.pools["default"]
+        self.pool = self.hub.pools.get("default")
 
     def consumer(self, data: bytes = b""):
         channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 0))
@@ -55,12 +56,17 @@ class HubHarness:
             channel.dataReceived(data)
         return channel, transport
 
-    def worker(self):
+    def worker(self, pool="default"):
         protocol = self.workers.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 6000))
         protocol.makeConnection(transport)
-        protocol.dataReceived(attach_request("hub", "default", None, "w"))
-        transport.clear()
+        protocol.dataReceived(attach_request("hub", pool, None, "w"))
+        # Only what follows the 101 (a job the slot took at once) is kept;
+        # a refusal is kept whole.
+        answer = transport.value()
+        if answer.startswith(b"HTTP/1.1 101 "):
+            transport.clear()
+            transport.io.write(answer.partition(b"\r\n\r\n")[2])
         return protocol, transport
 
 

@@ -56,10 +56,11 @@ class RunningHub:
         idle on the hub.
         """
         service = worker_service(reactor, app, [self.worker_endpoint], slots, **kwargs)
-        expected = self.pool.idle + slots
+        pool = self.hub.pools[kwargs.get("pool", "default")]
+        expected = pool.idle + slots
         service.startService()
         self._workers.append(service)
-        await wait_for(lambda: self.pool.idle >= expected, what=f"{slots} slots to attach")
+        await wait_for(lambda: pool.idle >= expected, what=f"{slots} slots to attach")
         return service
 
     async def stop(self) -> None:

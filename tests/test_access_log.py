@@ -5,6 +5,8 @@ in blocks, never more than a second late, and complete when the hub stops.
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
@@ -73,6 +75,8 @@ async def test_hub_logs_each_request_to_its_access_log_file(tmp_path):
                        timeout=FLUSH_DELAY + 5, what="the access log line")
         line = path.read_text().splitlines()[-1]
         assert '"GET /first?x=1 HTTP/1.1" 200 2' in line
+        assert re.search(r' queue=\d+\.\d{3} worker=\d+\.\d{3} worker_name="[^"]+@127\.0\.0\.1:\d+"'
+                         r' pool=default$', line), line
         assert line.startswith('"127.0.0.1" - - [')
         await fetch("GET", f"{running.url}/second")
     finally:

@@ -107,7 +107,7 @@ class AccessLog:
 
     def record(
         self, request: ServerRequest, queued: float | None = None,
-        worked: float | None = None, worker: str | None = None,
+        worked: float | None = None, worker: str | None = None, pool: str | None = None,
     ) -> None:
         """
         Log C{request}, whose response is complete.
@@ -115,6 +115,7 @@ class AccessLog:
         :param queued: seconds its job waited for a slot, if it was a job.
         :param worked: seconds the worker took, if a worker took it.
         :param worker: the name of that worker.
+        :param pool: the pool it went to.
         """
         if self._write is None:
             return
@@ -129,7 +130,8 @@ class AccessLog:
         client = getattr(request.client_address(), "host", "-") or "-"
         method = _escape(head.method)
         target = _escape(head.target)
-        line = '"%s" - - %s "%s %s %s" %d %s "%s" "%s" queue=%s worker=%s worker_name=%s\n' % (
+        line = ('"%s" - - %s "%s %s %s" %d %s "%s" "%s" queue=%s worker=%s worker_name=%s'
+                ' pool=%s\n') % (
             client,
             self._timestamp(),
             method,
@@ -142,11 +144,13 @@ class AccessLog:
             "-" if queued is None else "%.3f" % queued,
             "-" if worked is None else "%.3f" % worked,
             "-" if worker is None else '"%s"' % _escape(worker.encode("utf-8")),
+            pool or "-",
         )
         if self._write is _to_twistd_log:
             _to_twistd_log(
                 line, client=client, method=method, target=target, status=request.code,
                 bytes=request.sent, queue_seconds=queued, worker_seconds=worked, worker=worker,
+                pool=pool,
             )
         else:
             self._write(line)

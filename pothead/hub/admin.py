@@ -129,7 +129,7 @@ class HubCollector(Collector):
 
 
 def _slot_series(name: str, pool: Pool) -> Iterator[tuple[list[str], int]]:
-    busy = sum(1 for slot in pool.slots if slot.job is not None)
+    busy = sum(1 for slot in pool.slots if slot.job is not None and slot.job.pool is pool)
     yield [name, "attached"], len(pool.slots)
     yield [name, "idle"], pool.idle
     yield [name, "busy"], busy
@@ -140,10 +140,13 @@ def pool_status(pool: Pool, now: float) -> dict:
     slots = []
     for slot in sorted(pool.slots, key=lambda slot: slot.worker):
         job = slot.job
+        if job is not None and job.pool is not pool:
+            # A slot serving several pools, busy with another's job.
+            job = None
         entry = {
             "worker": slot.worker,
             "peer": host_port(slot.transport.getPeer()) if slot.transport else None,
-            "state": slot.state,
+            "state": slot.state if job is not None or slot.job is None else "elsewhere",
             "jobs_served": slot.served,
             "job": None,
         }

@@ -32,6 +32,7 @@ from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.limits import Limits
 from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
+from pothead.hub.pool_group import PoolGroup
 from pothead.hub.slot import LegacySlot, Slot
 from pothead.tokens import TokenCheck
 
@@ -59,9 +60,13 @@ def check_attach(
     pools: Mapping[str, Pool],
     token_check: TokenCheck,
     limits: Limits,
-) -> tuple[Pool, bytes]:
+) -> tuple[Pool | PoolGroup, bytes]:
     """
     Decide on one attach request.
+
+    Its path names the pool to join, or several separated by commas
+    (C{/pothead/v1/attach/thumbs,transcode}): the slot then takes the
+    oldest job across them (L{PoolGroup}).
 
     :param start_line: its request line.
     :param headers: its headers.
@@ -69,7 +74,7 @@ def check_attach(
     :param token_check: the hub's token policy.
     :param limits: the hub's limits: the slots it may hold, and the
         Retry-After it suggests when it holds them all.
-    :return: the pool to join and the upgrade token to answer with.
+    :return: the pool (or pools) to join and the upgrade token to answer with.
     :raise AttachRefused: when the request is not an acceptable attach.
     """
     parts = start_line.split(b" ")
@@ -89,19 +94,32 @@ def check_attach(
         raise AttachRefused(
             401, "missing or wrong bearer token", (b"WWW-Authenticate: Bearer",)
         )
-    name = unquote(target[len(ATTACH_PATH):].decode("ascii", "replace")) or DEFAULT_POOL
-    pool = pools.get(name)
-    if pool is None:
-        raise AttachRefused(404, f"no pool named {name!r}")
+    names = [
+        unquote(part.decode("ascii", "replace")) or DEFAULT_POOL
+        for part in target[len(ATTACH_PATH):].split(b",")
+    ]
+    for name in names:
+        if name not in pools:
+            raise AttachRefused(
+                404, f"no pool named {name!r} (pools: {', '.join(sorted(pools))})")
+    joined = [pools[name] for name in dict.fromkeys(names)]
+    pool = joined[0] if len(joined) == 1 else PoolGroup(joined)
     upgrade = _chosen_upgrade(headers)
     if b"upgrade" not in (t.lower() for t in header_tokens(headers, b"connection")):
         raise AttachRefused(400, "Connection: Upgrade is required")
-    if sum(len(pool.slots) for pool in pools.values()) >= limits.max_slots:
+    if _slots_held(pools) >= limits.max_slots:
         raise AttachRefused(
             503, f"the hub holds {limits.max_slots} slots, its --max-slots",
             (b"Retry-After: %d" % (limits.retry_after,),),
         )
     return pool, upgrade
+
+
+def _slots_held(pools: Mapping[str, Pool]) -> int:
+    """The slots attached to the hub: each once, though it serves several pools."""
+    if len(pools) == 1:
+        return sum(len(pool.slots) for pool in pools.values())
+    return len(set().union(*(pool.slots for pool in pools.values())))
 
 
 def _chosen_upgrade(headers: Headers) -> bytes:

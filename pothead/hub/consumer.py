@@ -5,9 +5,12 @@ turning every request into a job and queueing it.
 
 from __future__ import annotations
 
+from typing import Mapping
+
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Factory
 
+from pothead.address import host_port
 from pothead.http.request import RequestHead
 from pothead.http.server import ServerChannel, ServerRequest
 from pothead.hub.access_log import AccessLog
@@ -16,6 +19,8 @@ from pothead.hub.job import Job
 from pothead.hub.limits import Limits
 from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
+from pothead.hub.routing import Router, stripped
+from pothead.hub.tally import Tally
 
 
 class ConsumerRequest(ServerRequest):
@@ -71,8 +76,10 @@ class ConsumerChannel(ServerChannel):
 
 class ConsumerFactory(Factory):
     """
-    Consumer connections, sharing a pool, limits and an access log.
+    Consumer connections, sharing the pools, limits and an access log.
 
+    :ivar router: which pool each request goes to.
+    :ivar pools: the pools, by name.
     :ivar server_timing: whether responses carry a C{Server-Timing} header.
     :ivar metrics: where requests refused before any pool are counted.
     """
@@ -81,10 +88,14 @@ class ConsumerFactory(Factory):
     requires_host = True
 
     def __init__(
-        self, pool: Pool, clock: IReactorTime, limits: Limits, access_log: AccessLog,
-        connections: ConnectionLimit, metrics: HubMetrics, server_timing: bool = True,
+        self, router: Router, pools: Mapping[str, Pool], clock: IReactorTime, limits: Limits,
+        access_log: AccessLog, connections: ConnectionLimit, metrics: HubMetrics,
+        server_timing: bool = True,
     ) -> None:
-        self.pool = pool
+        self.router = router
+        self.pools = pools
+        self.unrouted = Tally(
+            clock, "no pool serves {count} requests; answered 404 (last: {detail})")
         self.metrics = metrics
         self.server_timing = server_timing
         self.clock = clock
@@ -105,7 +116,19 @@ class ConsumerFactory(Factory):
             else:
                 request.answer(405, b"Method Not Allowed", [(b"Allow", b"OPTIONS")], b"")
             return
-        request.job = Job(request, self.pool, self.clock, self.limits, self.server_timing)
+        head = request.head
+        route = self.router.route(head.host, head.target)
+        if route is None:
+            self.unrouted.count(
+                f"{head.method.decode('latin-1')} {head.target.decode('latin-1')} for host "
+                f"{(head.host or b'').decode('latin-1')} from {host_port(request.client_address())}")
+            self.metrics.rejected[404] += 1
+            request.answer(404, b"Not Found", [(b"Content-Type", b"text/plain; charset=utf-8")],
+                           b"Nothing is served here.\n")
+            return
+        pool = self.pools[route.name]
+        target = stripped(head.target, route.prefix) if route.strip else None
+        request.job = Job(request, pool, self.clock, pool.limits, self.server_timing, target)
         request.job.queue()
 
     def answered(self, request: ConsumerRequest) -> None:
@@ -114,7 +137,8 @@ class ConsumerFactory(Factory):
             self.access_log.record(request)
             return
         job.finished()
-        self.access_log.record(request, job.queue_seconds, job.worker_seconds, job.worker)
+        self.access_log.record(
+            request, job.queue_seconds, job.worker_seconds, job.worker, job.pool.name)
 
     def lost(self, request: ConsumerRequest) -> None:
         if request.job is not None:
@@ -125,13 +149,15 @@ class ConsumerFactory(Factory):
 
 
 def consumer_factory(
-    pool: Pool, clock: IReactorTime, limits: Limits, connections: ConnectionLimit,
-    metrics: HubMetrics, access_log: str | None = None, server_timing: bool = True,
+    router: Router, pools: Mapping[str, Pool], clock: IReactorTime, limits: Limits,
+    connections: ConnectionLimit, metrics: HubMetrics, access_log: str | None = None,
+    server_timing: bool = True,
 ) -> ConsumerFactory:
     """
     The factory consumers connect to.
 
-    :param pool: where their requests are queued.
+    :param router: which pool each request goes to.
+    :param pools: the pools, by name: where requests are queued.
     :param clock: the hub's clock, for queue times and timeouts.
     :param limits: what consumers may send, and how long they may wait.
     :param connections: the limit on consumer connections, shared by
@@ -144,7 +170,7 @@ def consumer_factory(
         header, how long the job waited and how long the worker took.
     """
     return ConsumerFactory(
-        pool, clock, limits, AccessLog.open(access_log, clock), connections, metrics,
+        router, pools, clock, limits, AccessLog.open(access_log, clock), connections, metrics,
         server_timing,
     )
 

@@ -91,12 +91,14 @@ class Job:
 
     def __init__(
         self, request: ServerRequest, pool: Pool[Job], clock: IReactorTime, limits: Limits,
-        server_timing: bool = True,
+        server_timing: bool = True, target: bytes | None = None,
     ) -> None:
         """
         :param server_timing: whether its response says, in a
             C{Server-Timing} header, how long it waited and how long the
             worker took.
+        :param target: the request target the worker is sent, if not the
+            consumer's (its pool strips a prefix).
         """
         self.request = request
         self.pool = pool
@@ -131,7 +133,8 @@ class Job:
             length = body_size(request.content)
             self.body = BufferedBody(request.content, length)
         self.head = request_head(
-            request.head.method, request.head.target, self._forwarded_headers(request), length
+            request.head.method, target or request.head.target, self._forwarded_headers(request),
+            length,
         )
 
     @property
@@ -140,9 +143,10 @@ class Job:
 
     @property
     def what(self) -> str:
-        """The request line's method and target, for log lines."""
+        """The request line's method and target, and its pool, for log lines."""
         head = self.request.head
-        return f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
+        return (f"{head.method.decode('latin-1')} {head.target.decode('latin-1')}"
+                f" in pool {self.pool.name}")
 
     @property
     def code(self) -> int:

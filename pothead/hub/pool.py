@@ -12,6 +12,7 @@ from typing import Generic, Protocol, TypeVar
 from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 
+from pothead.hub.limits import Limits
 from pothead.hub.metrics import PoolMetrics
 from pothead.hub.tally import Tally
 
@@ -155,10 +156,13 @@ class Pool(Generic[Q]):
         (L{pothead.bidding}).  Each is told once, and leaves the set.
     :ivar turned_away: requests answered 503 because the queue was full.
     :ivar metrics: what the pool counts of its jobs.
+    :ivar limits: the limits its jobs have: the hub's, but for those the
+        pool sets itself (C{--pool NAME:max-queue=N}...).
     """
 
-    def __init__(self, name: str, clock: IReactorTime) -> None:
+    def __init__(self, name: str, clock: IReactorTime, limits: Limits | None = None) -> None:
         self.name = name
+        self.limits = limits or Limits()
         self.slots: set[Attached] = set()
         self.watching: set[Watching] = set()
         self._line: Line[Q] = Line()

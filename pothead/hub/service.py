@@ -4,6 +4,8 @@ The hub: the consumer factory and the worker-port factory, sharing pools.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
@@ -19,6 +21,7 @@ from pothead.hub.descriptors import ATTACH_MARGIN
 from pothead.hub.limits import Limits
 from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
+from pothead.hub.routing import PoolSpec, Router
 from pothead.logs import LogFormatChoice
 from pothead.tokens import TokenCheck
 
@@ -33,6 +36,7 @@ class Hub:
     The state one hub process shares between its two kinds of listener.
 
     :ivar pools: the pools workers may attach to, by name.
+    :ivar router: which pool each consumer request goes to.
     :ivar limits: the limits and timeouts it enforces.
     :ivar consumer_connections: the limit on consumer connections, shared
         by every consumer port.
@@ -49,11 +53,22 @@ class Hub:
         limits: Limits | None = None,
         access_log: str | None = None,
         server_timing: bool = True,
+        pools: list[PoolSpec] | None = None,
     ) -> None:
-        self.pools = {DEFAULT_POOL: Pool(DEFAULT_POOL, clock)}
+        """
+        :param pools: the pools and how requests are routed to them
+            (L{pothead.hub.routing}); by default one, C{default}, for every
+            request.
+        """
+        self.limits = limits or Limits()
+        specs = pools or [PoolSpec(DEFAULT_POOL)]
+        self.pools = {
+            spec.name: Pool(spec.name, clock, replace(self.limits, **spec.limits))
+            for spec in specs
+        }
+        self.router = Router(specs, DEFAULT_POOL if DEFAULT_POOL in self.pools else None)
         self.server_timing = server_timing
         self.metrics = HubMetrics()
-        self.limits = limits or Limits()
         self.access_log = access_log
         self.consumer_connections = ConnectionLimit(self.limits.connections, clock, "consumer")
         self.worker_connections = ConnectionLimit(
@@ -64,16 +79,18 @@ class Hub:
 
     def consumer_factory(self) -> ConsumerFactory:
         """
-        A factory for a consumer listener: requests go to the default pool.
+        A factory for a consumer listener: each request goes to the pool
+        the router picks for it.
         """
         return consumer_factory(
-            self.pools[DEFAULT_POOL], self._clock, self.limits, self.consumer_connections,
+            self.router, self.pools, self._clock, self.limits, self.consumer_connections,
             self.metrics, self.access_log, self.server_timing,
         )
 
     def legacy_worker_factory(self) -> LegacyWorkerFactory:
         """
-        A factory for a legacy-worker listener (no attach, no token).
+        A factory for a legacy-worker listener (no attach, no token): its
+        workers serve the default pool, which must exist.
         """
         return LegacyWorkerFactory(self.pools[DEFAULT_POOL])
 
@@ -91,11 +108,17 @@ class Hub:
         )
 
     @property
+    def slots(self) -> set:
+        """Every attached slot, once (a slot may serve several pools)."""
+        return set().union(*(pool.slots for pool in self.pools.values()))
+
+    @property
     def busy(self) -> int:
         """
         Jobs queued or being served, in all pools.
         """
-        return sum(pool.queued + len(pool.slots) - pool.idle for pool in self.pools.values())
+        queued = sum(pool.queued for pool in self.pools.values())
+        return queued + sum(1 for slot in self.slots if slot.state != "idle")
 
     async def finish_work(self) -> None:
         """
@@ -114,9 +137,8 @@ class Hub:
         """
         Close every worker connection; idle slots lose nothing by it.
         """
-        for pool in self.pools.values():
-            for slot in list(pool.slots):
-                slot.detach()
+        for slot in self.slots:
+            slot.detach()
 
 
 class HubService(LogFormatChoice, MultiService):

@@ -11,11 +11,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory
 from twisted.python import usage
 
+from pothead.attach import DEFAULT_POOL
 from pothead.hub.admin import admin_service
 from pothead.hub.connection_limit import ConnectionLimit
 from pothead.hub.descriptors import take_budget
 from pothead.hub.limits import Limits
 from pothead.hub.listening import DescriptorReserve, Listener, overflow_response, with_backlog
+from pothead.hub.routing import PoolSpecError, check_pools, parse_pool, parse_pools_file
 from pothead.hub.service import Hub, HubService
 from pothead.logs import log_format
 from pothead.options import require_positive
@@ -60,6 +62,9 @@ class Options(usage.Options):
          "Serve a status page (/), /metrics (Prometheus), /status.json, /healthz and "
          "/readyz on this endpoint, e.g. tcp:9090:interface=127.0.0.1 (default: off; it "
          "shows every worker and job, so keep it private)."],
+        ["pools", None, None,
+         "File of pool definitions, one per line as --pool takes them ('#' starts a "
+         "comment line)."],
         ["log-format", None, "text",
          "'text', or 'json': every log line (access log and events) as one JSON object "
          "per line on standard output, for log shippers.", log_format],
@@ -127,6 +132,7 @@ class Options(usage.Options):
         self["consumer"] = []
         self["worker"] = []
         self["legacy-worker"] = []
+        self["pool"] = []
 
     def opt_consumer(self, endpoint: str) -> None:
         """
@@ -139,6 +145,22 @@ class Options(usage.Options):
         Endpoint workers attach to (repeatable; default tcp:4040).
         """
         self["worker"].append(endpoint)
+
+    def opt_pool(self, definition: str) -> None:
+        """
+        A pool of its own FIFO queue, slots and limits (repeatable):
+        NAME[:host=H1,H2][:prefix=/p][:strip][:max-queue=N][:queue-timeout=S]
+        [:request-timeout=S]. A request goes to the pool whose host= names
+        its Host (exactly, or *.suffix; port ignored; none: any host) and
+        whose prefix= is the longest one of its path; else to the pool
+        named default, if any; else 404. strip takes the prefix off the
+        path the worker sees; unset limits are the hub's. Workers join
+        with --pool NAME. Default: one pool, default, for everything.
+        """
+        try:
+            self["pool"].append(parse_pool(definition))
+        except PoolSpecError as error:
+            raise usage.UsageError(f"--pool {definition}: {error}") from None
 
     def opt_legacy_worker(self, endpoint: str) -> None:
         """
@@ -157,6 +179,16 @@ class Options(usage.Options):
         if self["retries"] < 0:
             raise usage.UsageError(f"--retries must be 0 or more, not {self['retries']}")
         self["limits"] = Limits(**{field: self[option] for option, field in _LIMIT_OPTIONS.items()})
+        try:
+            pools = self["pool"] + (parse_pools_file(self["pools"]) if self["pools"] else [])
+            check_pools(pools)
+        except PoolSpecError as error:
+            raise usage.UsageError(str(error)) from None
+        self["pools"] = pools or None
+        if self["legacy-worker"] and pools and DEFAULT_POOL not in {p.name for p in pools}:
+            raise usage.UsageError(
+                "--legacy-worker: legacy workers serve the pool named default; define it "
+                "with --pool default")
         try:
             self["token"] = load_token(self["token-file"])
         except TokenError as e:
@@ -181,7 +213,7 @@ def makeService(config: Options) -> HubService:
     budget = take_budget(limits.connections, limits.max_slots, len(endpoints))
     limits = replace(limits, max_connections=budget.max_connections, max_slots=budget.max_slots)
     hub = Hub(reactor, token=config["token"], limits=limits, access_log=config["access-log"],
-              server_timing=not config["no-server-timing"])
+              server_timing=not config["no-server-timing"], pools=config["pools"])
     service = HubService(hub)
     service.log_format = config["log-format"]
     reserve = DescriptorReserve(reactor, overflow_response(limits.retry_after))

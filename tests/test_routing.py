@@ -1,0 +1,301 @@
+"""
+Pools routed by host and path (issue 19): the routing table, pool
+definitions, each pool's own limits, 404 for what no pool serves, and a
+slot serving several pools taking the oldest job first, never two.
+"""
+
+from __future__ import annotations
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.error import ConnectionDone
+from twisted.python.failure import Failure
+
+from pothead.hub.routing import (
+    PoolSpec,
+    PoolSpecError,
+    Router,
+    check_pools,
+    parse_pool,
+    parse_pools_file,
+    stripped,
+)
+from tests.harness import HubHarness, status, wait_for
+from tests.http import Client
+from tests.loopback import start_hub
+
+SERVICES = [
+    parse_pool("thumbs:host=thumbs.example.com,*.thumbs.example.com"),
+    parse_pool("transcode:host=media.example.com:prefix=/transcode"),
+    parse_pool("models:prefix=/v1/models"),
+    parse_pool("models-big:prefix=/v1/models/big"),
+    parse_pool("wild:host=*.example.com"),
+    parse_pool("deep:host=*.a.example.com"),
+    parse_pool("default"),
+]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("host, target, pool", [
+    # Exact host; its port and case ignored; a trailing dot too.
+    (b"thumbs.example.com", b"/x.jpg", "thumbs"),
+    (b"Thumbs.Example.COM:8080", b"/x.jpg?w=3", "thumbs"),
+    (b"thumbs.example.com.", b"/", "thumbs"),
+    # A wildcard matches subdomains, not the name itself.
+    (b"eu.thumbs.example.com", b"/x", "thumbs"),
+    (b"other.example.com", b"/x", "wild"),
+    (b"example.com", b"/x", "default"),
+    # The longest wildcard suffix wins.
+    (b"b.a.example.com", b"/x", "deep"),
+    # Host and prefix: the prefix must match whole segments.
+    (b"media.example.com", b"/transcode", "transcode"),
+    (b"media.example.com", b"/transcode/job?x=1", "transcode"),
+    (b"media.example.com", b"/transcoder", "wild"),
+    # Longest prefix, host-less pools matching every host.
+    (b"api.internal", b"/v1/models/big/run", "models-big"),
+    (b"api.internal", b"/v1/models/small", "models"),
+    (b"api.internal", b"/v1/modelsx", "default"),
+    # A longer prefix beats a closer host.
+    (b"thumbs.example.com", b"/v1/models/x", "models"),
+    # No Host at all (HTTP/1.0): only host-less pools.
+    (None, b"/v1/models", "models"),
+    (None, b"/elsewhere", "default"),
+    # IPv6 literal with a port.
+    (b"[::1]:8080", b"/x", "default"),
+])
+def test_routing_table(host, target, pool):
+    router = Router(SERVICES, "default")
+    assert router.route(host, target).name == pool
+
+
+@pytest.mark.unit
+def test_no_default_means_no_pool():
+    router = Router(SERVICES[:2], None)
+    assert router.route(b"nowhere.example.com", b"/") is None
+    assert router.route(b"thumbs.example.com", b"/").name == "thumbs"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("target, prefix, rest", [
+    (b"/api/x?q=1", "/api", b"/x?q=1"),
+    (b"/api", "/api", b"/"),
+    (b"/api?q", "/api", b"/?q"),
+])
+def test_strip(target, prefix, rest):
+    assert stripped(target, prefix) == rest
+
+
+@pytest.mark.unit
+def test_pool_definitions():
+    spec = parse_pool("api:host=A.example.com,*.b.example.com:prefix=/api/:strip:max-queue=5:"
+                      "queue-timeout=2.5:request-timeout=30")
+    assert spec == PoolSpec("api", ("a.example.com", "*.b.example.com"), "/api", True)
+    assert spec.limits == {"max_queue": 5, "queue_timeout": 2.5, "request_timeout": 30.0}
+    assert parse_pool("plain") == PoolSpec("plain")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("text, message", [
+    ("", "pool name ''"),
+    ("bad name", "pool name 'bad name'"),
+    ("a,b", "pool name 'a,b'"),
+    ("p:prefix=api", "must be a path starting with /"),
+    ("p:host=", "'host=' is not one of"),
+    ("p:host=a b", "is not a host name"),
+    ("p:max-queue=0", "max-queue must be above 0"),
+    ("p:queue-timeout=soon", "is not a number"),
+    ("p:colour=red", "'colour=red' is not one of host=, prefix=, strip, max-queue="),
+    ("p:strip", "strip needs a prefix="),
+    ("p:prefix=/a:prefix=/b", "prefix given twice"),
+])
+def test_bad_pool_definitions(text, message):
+    with pytest.raises(PoolSpecError, match=message.replace("(", r"\(")):
+        parse_pool(text)
+
+
+@pytest.mark.unit
+def test_pools_that_cannot_be_told_apart_are_refused():
+    with pytest.raises(PoolSpecError, match="defined twice"):
+        check_pools([parse_pool("a"), parse_pool("a:prefix=/x")])
+    with pytest.raises(PoolSpecError, match="a and b both serve host h.example and prefix /x"):
+        check_pools([parse_pool("a:host=h.example:prefix=/x"),
+                     parse_pool("b:host=h.example:prefix=/x/")])
+    check_pools([parse_pool("a:host=h.example:prefix=/x"), parse_pool("b:prefix=/x")])
+
+
+@pytest.mark.unit
+def test_pools_file(tmp_path):
+    path = tmp_path / "pools"
+    path.write_text("# three services\nthumbs:host=thumbs.example\n\n  render:prefix=/render\n")
+    assert [spec.name for spec in parse_pools_file(str(path))] == ["thumbs", "render"]
+    path.write_text("ok\nbroken:nope\n")
+    with pytest.raises(PoolSpecError, match=r"line 2: pool broken: 'nope'"):
+        parse_pools_file(str(path))
+    with pytest.raises(PoolSpecError, match="No such file"):
+        parse_pools_file(str(tmp_path / "missing"))
+
+
+def request(host: bytes, target: bytes = b"/") -> bytes:
+    return b"GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (target, host)
+
+
+@pytest.mark.unit
+def test_requests_queue_in_their_pools_with_their_limits():
+    """
+    A full queue in one pool refuses its own requests only; a request no
+    pool serves is 404 with a body naming no internals.
+    """
+    harness = HubHarness(pools=[parse_pool("small:host=small.example:max-queue=1"),
+                                parse_pool("big:host=big.example")])
+    small, big = harness.hub.pools["small"], harness.hub.pools["big"]
+    harness.consumer(request(b"small.example"))
+    _, refused = harness.consumer(request(b"small.example"))
+    assert status(refused) == b"HTTP/1.1 503 Service Unavailable"
+    answers = [harness.consumer(request(b"big.example"))[1] for _ in range(3)]
+    assert all(transport.value() == b"" for transport in answers)
+    assert (small.queued, big.queued) == (1, 3)
+    assert small.metrics.refusals == {"queue_full": 1} and not big.metrics.refusals
+    _, nowhere = harness.consumer(request(b"nowhere.example"))
+    assert status(nowhere) == b"HTTP/1.1 404 Not Found"
+    assert nowhere.value().endswith(b"\r\n\r\nNothing is served here.\n")
+    assert harness.hub.metrics.rejected == {404: 1}
+    harness.clock.advance(1.0)  # the 404's log line, counted
+
+
+@pytest.mark.unit
+def test_each_pool_keeps_its_own_timeouts():
+    harness = HubHarness(pools=[parse_pool("quick:prefix=/q:queue-timeout=1"),
+                                parse_pool("default")], queue_timeout=10)
+    _, quick = harness.consumer(request(b"h", b"/q/1"))
+    _, slow = harness.consumer(request(b"h", b"/s"))
+    harness.clock.advance(1)
+    assert status(quick) == b"HTTP/1.1 503 Service Unavailable"
+    assert slow.value() == b""
+    harness.clock.advance(9)
+    assert status(slow) == b"HTTP/1.1 503 Service Unavailable"
+
+
+@pytest.mark.unit
+def test_strip_changes_what_the_worker_sees_only():
+    harness = HubHarness(pools=[parse_pool("api:prefix=/api:strip"), parse_pool("default")])
+    slot, worker = harness.worker("api")
+    harness.consumer(request(b"h", b"/api/v2/x?y=1"))
+    assert worker.value().startswith(b"GET /v2/x?y=1 HTTP/1.1\r\n")
+    slot, worker = harness.worker("default")
+    harness.consumer(request(b"h", b"/apix"))
+    assert worker.value().startswith(b"GET /apix HTTP/1.1\r\n")
+
+
+@pytest.mark.unit
+def test_an_attach_to_an_unknown_pool_names_the_known_ones():
+    harness = HubHarness(pools=[parse_pool("a"), parse_pool("b")])
+    _, transport = harness.worker("c")
+    answer = transport.value()
+    assert answer.startswith(b"HTTP/1.1 404 ")
+    assert b"no pool named 'c' (pools: a, b)" in answer
+    _, transport = harness.worker(["a", "c"])
+    assert transport.value().startswith(b"HTTP/1.1 404 ")
+    assert harness.hub.metrics.attach_failures == {"unknown_pool": 2}
+
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+@pytest.mark.unit
+def test_a_slot_of_two_pools_takes_the_oldest_job_first():
+    harness = HubHarness(pools=[parse_pool("a:prefix=/a"), parse_pool("b:prefix=/b")])
+    a, b = harness.hub.pools["a"], harness.hub.pools["b"]
+    _, first_b = harness.consumer(request(b"h", b"/b/1"))
+    harness.clock.advance(1)
+    _, first_a = harness.consumer(request(b"h", b"/a/1"))
+    harness.clock.advance(1)
+    _, second_b = harness.consumer(request(b"h", b"/b/2"))
+    slot, worker = harness.worker(["a", "b"])
+    (attached,) = a.slots
+    served = []
+    for consumer in (first_b, first_a, second_b):
+        served.append(worker.value().split(b" ", 2)[1])
+        worker.clear()
+        assert attached.job is not None and a.queued + b.queued == 3 - len(served)
+        slot.dataReceived(OK)
+        assert status(consumer) == b"HTTP/1.1 200 OK"
+    assert served == [b"/b/1", b"/a/1", b"/b/2"]
+    # Idle, it waits in both lines, and is counted in both pools.
+    assert (a.idle, b.idle) == (1, 1) and a.slots == b.slots == {attached}
+
+
+@pytest.mark.unit
+def test_a_slot_waiting_in_two_lines_takes_one_job_only():
+    harness = HubHarness(pools=[parse_pool("a:prefix=/a"), parse_pool("b:prefix=/b")])
+    a, b = harness.hub.pools["a"], harness.hub.pools["b"]
+    slot, worker = harness.worker(["a", "b"])
+    assert (a.idle, b.idle) == (1, 1)
+    harness.consumer(request(b"h", b"/a/1"))
+    assert worker.value().startswith(b"GET /a/1 ")
+    # Taken in a, it left b's line: b's job waits for it.
+    assert (a.idle, b.idle) == (0, 0)
+    _, later = harness.consumer(request(b"h", b"/b/1"))
+    assert b.queued == 1 and worker.value().count(b"GET ") == 1
+    worker.clear()
+    slot.dataReceived(OK)
+    assert worker.value().startswith(b"GET /b/1 ")
+    slot.dataReceived(OK)
+    assert status(later) == b"HTTP/1.1 200 OK"
+    assert (a.idle, b.idle) == (1, 1)
+    slot.connectionLost(Failure(ConnectionDone()))
+    assert (a.idle, b.idle, len(a.slots), len(b.slots)) == (0, 0, 0, 0)
+
+
+@pytest.mark.unit
+def test_pool_limits_are_the_hubs_unless_set():
+    harness = HubHarness(pools=[parse_pool("a:max-queue=3"), parse_pool("b:prefix=/b")],
+                         max_queue=7, request_timeout=9)
+    a, b = harness.hub.pools["a"], harness.hub.pools["b"]
+    assert (a.limits.max_queue, a.limits.request_timeout) == (3, 9)
+    assert (b.limits.max_queue, b.limits.request_timeout) == (7, 9)
+
+
+def answering(text: bytes):
+    """A WSGI app answering C{text} and the path it was asked for."""
+
+    def app(environ, start_response):
+        body = text + b" " + environ["PATH_INFO"].encode("latin-1")
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    return app
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_two_pools_through_a_real_hub():
+    """
+    Requests reach the workers of their pool, by Host and by prefix; what
+    no pool serves is 404 from the hub.
+    """
+    running = await start_hub(pools=[
+        parse_pool("thumbs:host=thumbs.test"), parse_pool("models:prefix=/models:strip")])
+    client = Client()
+    try:
+        await running.add_worker(answering(b"thumb"), pool="thumbs")
+        await running.add_worker(answering(b"model"), pool="models")
+        url = running.url
+        cases = [
+            ({"Host": "thumbs.test"}, "/a.jpg", 200, b"thumb /a.jpg"),
+            ({"Host": "thumbs.test:8080"}, "/models/x", 200, b"model /x"),
+            ({"Host": "other.test"}, "/models", 200, b"model /"),
+            ({"Host": "other.test"}, "/a.jpg", 404, b"Nothing is served here.\n"),
+        ]
+        for headers, path, code, body in cases:
+            response, got = await client.request("GET", url + path, headers=headers)
+            assert (response.code, got) == (code, body), (headers, path)
+        pools = running.hub.pools
+        assert pools["thumbs"].metrics.responses == {(200, "worker"): 1}
+        assert pools["models"].metrics.responses == {(200, "worker"): 2}
+        await wait_for(lambda: not [
+            call for call in reactor.getDelayedCalls() if "Tally" in repr(call.func)],
+            what="the 404's count to be logged")
+    finally:
+        await client.close()
+        await running.stop()
