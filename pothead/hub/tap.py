@@ -55,7 +55,13 @@ class Options(usage.Options):
     longdesc = (
         "Queue consumer HTTP requests and hand each to the next idle worker "
         "slot. Every address is a Twisted endpoint string: tcp:8080, "
-        "ssl:8443:privateKey=key.pem, unix:/run/pothead.sock, systemd:domain=INET:index=0."
+        "ssl:8443:privateKey=key.pem, unix:/run/pothead.sock, systemd:domain=INET:index=0. "
+        "Several services share a hub as pools, each with its own queue, slots and "
+        "limits, routed by Host and path: --pool thumbs:host=thumbs.example.com "
+        "--pool models:prefix=/v1/models:strip:max-queue=200 sends Host "
+        "thumbs.example.com to thumbs and /v1/models/... on any other host to models "
+        "(the worker sees /...), and anything else, with no pool named default, gets "
+        "404; workers join with --pool NAME (docs/operations.md, Pools)."
     )
     optParameters = [
         ["admin", None, None,
