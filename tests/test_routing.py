@@ -24,6 +24,9 @@ from pothead.hub.routing import (
 from tests.harness import HubHarness, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
+from tests.processes import get
+from tests.processes import start_hub as start_hub_process
+from tests.test_process_faults import invocations, start_worker
 
 SERVICES = [
     parse_pool("thumbs:host=thumbs.example.com,*.thumbs.example.com"),
@@ -299,3 +302,35 @@ async def test_two_pools_through_a_real_hub():
     finally:
         await client.close()
         await running.stop()
+
+
+@pytest.mark.process
+def test_pools_from_a_file_on_the_command_line(tmp_path, started):
+    """
+    twistd pothead-hub --pools FILE, two twistd workers with --pool each:
+    each request reaches its pool's worker (by Host, by prefix, stripped);
+    a worker asking for a pool the hub lacks is refused, the hub's log
+    naming the pools it has.
+    """
+    pools = tmp_path / "pools"
+    pools.write_text("# two services\nthumbs:host=thumbs.test\nmodels:prefix=/models:strip\n")
+    hub, (consumer, worker_port) = start_hub_process(tmp_path, "--pools", str(pools))
+    started.append(hub)
+    logs = {name: tmp_path / f"{name}.log" for name in ("thumbs", "models", "nope")}
+    for name, log in logs.items():
+        started.append(start_worker(tmp_path, worker_port, log, "--pool", name))
+    hub.wait_for(r"attached to pool thumbs")
+    hub.wait_for(r"attached to pool models")
+    hub.wait_for(r"refused attach from .*: 404 no pool named 'nope' \(pools: models, thumbs\)")
+
+    def ask(host: str, path: str) -> tuple[int, bytes]:
+        return get(f"http://127.0.0.1:{consumer}{path}", headers={"Host": host})
+
+    assert ask("thumbs.test", "/a.jpg")[0] == 200
+    assert ask("other.test", "/models/run?x=1")[0] == 200
+    assert ask("thumbs.test:8080", "/models")[0] == 200
+    assert ask("other.test", "/a.jpg") == (404, b"Nothing is served here.\n")
+    assert [line.split(" ", 1)[1] for line in invocations(logs["thumbs"])] == ["GET /a.jpg"]
+    assert [line.split(" ", 1)[1] for line in invocations(logs["models"])] == ["GET /run", "GET /"]
+    assert invocations(logs["nope"]) == []
+    assert hub.stop() == 0
