@@ -9,8 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from prometheus_client import CollectorRegistry
-from prometheus_client.twisted import MetricsResource
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -48,9 +47,15 @@ def admin_site(registry: CollectorRegistry, pages: dict[bytes, Resource]) -> Sit
     """
     A site serving C{registry} at C{/metrics}, C{/healthz}, and C{pages}
     by their names (C{b""} is the root).
+
+    C{/metrics} is written on the reactor thread, by C{prometheus_client}'s
+    C{generate_latest}: its collectors read the program's live state, which
+    only the reactor thread may touch.  (C{prometheus_client}'s own Twisted
+    resource runs it in the reactor's thread pool.)
     """
     root = Resource()
-    root.putChild(b"metrics", MetricsResource(registry=registry))
+    root.putChild(b"metrics", Page(
+        lambda: (200, CONTENT_TYPE_LATEST.encode("ascii"), generate_latest(registry))))
     root.putChild(b"healthz", Page(healthy))
     for name, page in pages.items():
         root.putChild(name, page)

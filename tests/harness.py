@@ -56,17 +56,21 @@ class HubHarness:
             channel.dataReceived(data)
         return channel, transport
 
-    def worker(self, pool="default"):
+    def worker(self, pool="default", keep_sent: bool = False):
+        """
+        A worker slot attached to C{pool} (or several): its protocol and
+        transport, whose 101 is cleared, and with it what the slot was
+        sent at once unless C{keep_sent}; a refusal is kept whole.
+        """
         protocol = self.workers.buildProtocol(None)
         transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.9", 6000))
         protocol.makeConnection(transport)
         protocol.dataReceived(attach_request("hub", pool, None, "w"))
-        # Only what follows the 101 (a job the slot took at once) is kept;
-        # a refusal is kept whole.
         answer = transport.value()
         if answer.startswith(b"HTTP/1.1 101 "):
             transport.clear()
-            transport.io.write(answer.partition(b"\r\n\r\n")[2])
+            if keep_sent:
+                transport.io.write(answer.partition(b"\r\n\r\n")[2])
         return protocol, transport
 
 

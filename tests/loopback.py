@@ -56,7 +56,8 @@ class RunningHub:
         idle on the hub.
         """
         service = worker_service(reactor, app, [self.worker_endpoint], slots, **kwargs)
-        pool = self.hub.pools[kwargs.get("pool", "default")]
+        joined = kwargs.get("pool", "default")
+        pool = self.hub.pools[joined if isinstance(joined, str) else joined[0]]
         expected = pool.idle + slots
         service.startService()
         self._workers.append(service)

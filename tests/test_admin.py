@@ -212,8 +212,8 @@ async def test_metrics_count_known_traffic():
         # Six jobs answered; the refused one never waited.
         assert metric(text, "pothead_request_seconds_count", **pool) == 6
         assert metric(text, "pothead_queue_wait_seconds_count", **pool) == 5
-        assert metric(text, "pothead_worker_seconds_count", **pool) == 5
-        assert metric(text, "pothead_worker_seconds_bucket", **pool, le="+Inf") == 5
+        assert metric(text, "pothead_serve_seconds_count", **pool) == 5
+        assert metric(text, "pothead_serve_seconds_bucket", **pool, le="+Inf") == 5
         assert metric(text, "pothead_received_bytes_total", **pool) == 5
         sent = metric(text, "pothead_sent_bytes_total", **pool)
         assert sent >= 3 * 2 + 1000 + len("No worker is available; try again later.\n")

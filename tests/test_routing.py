@@ -6,9 +6,13 @@ slot serving several pools taking the oldest job first, never two.
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
@@ -214,7 +218,7 @@ def test_a_slot_of_two_pools_takes_the_oldest_job_first():
     _, first_a = harness.consumer(request(b"h", b"/a/1"))
     harness.clock.advance(1)
     _, second_b = harness.consumer(request(b"h", b"/b/2"))
-    slot, worker = harness.worker(["a", "b"])
+    slot, worker = harness.worker(["a", "b"], keep_sent=True)
     (attached,) = a.slots
     served = []
     for consumer in (first_b, first_a, second_b):
@@ -334,3 +338,44 @@ def test_pools_from_a_file_on_the_command_line(tmp_path, started):
     assert [line.split(" ", 1)[1] for line in invocations(logs["models"])] == ["GET /run", "GET /"]
     assert invocations(logs["nope"]) == []
     assert hub.stop() == 0
+
+
+@pytest.mark.net
+@pytest_twisted.ensureDeferred
+async def test_a_worker_serving_two_pools_under_load():
+    """
+    One worker with two slots joins two pools; 120 requests to both at
+    once: every one answered by one app call, never more calls at once
+    than slots, and both pools served.
+    """
+    lock = threading.Lock()
+    state = {"running": 0, "most": 0, "calls": []}
+
+    def app(environ, start_response):
+        with lock:
+            state["running"] += 1
+            state["most"] = max(state["most"], state["running"])
+            state["calls"].append(environ["PATH_INFO"])
+        time.sleep(0.002)
+        with lock:
+            state["running"] -= 1
+        body = environ["PATH_INFO"].encode()
+        start_response("200 OK", [("Content-Length", str(len(body)))])
+        return [body]
+
+    running = await start_hub(pools=[parse_pool("a:prefix=/a"), parse_pool("b:prefix=/b")])
+    client = Client()
+    try:
+        await running.add_worker(app, slots=2, pool=["a", "b"])
+        assert running.hub.pools["a"].slots == running.hub.pools["b"].slots
+        paths = [f"/{'ab'[i % 2]}/{i}" for i in range(120)]
+        results = await DeferredList(
+            [Deferred.fromCoroutine(client.request("GET", running.url + path)) for path in paths],
+            fireOnOneErrback=True, consumeErrors=True)
+        assert [(r.code, body) for _, (r, body) in results] == [
+            (200, path.encode()) for path in paths]
+        assert sorted(state["calls"]) == sorted(paths)
+        assert state["most"] <= 2
+    finally:
+        await client.close()
+        await running.stop()

@@ -18,6 +18,7 @@ from pothead.hub import tap as hub_tap
 from pothead.hub.descriptors import ATTACH_MARGIN
 from pothead.hub.limits import Limits
 from pothead.hub.listening import Listener
+from pothead.hub.routing import PoolSpec
 from pothead.worker import tap as worker_tap
 from pothead.worker.hubs import HubSet
 from pothead.worker.service import AppThreadsService, HubOffers
@@ -44,6 +45,10 @@ def test_hub_defaults(monkeypatch):
         "legacy-worker": [],
         "allow-legacy-without-token": 0,
         "admin": None,
+        "log-format": "text",
+        "no-server-timing": 0,
+        "pool": [],
+        "pools": None,
         "token-file": None,
         "token": None,
         "access-log": None,
@@ -85,12 +90,18 @@ def test_hub_options(tmp_path, monkeypatch):
         "--attach-timeout", "2.5", "--retry-after", "11", "--stop-timeout", "4",
         "--retries", "0", "--stall-timeout", "45", "--max-connections", "50",
         "--max-slots", "8", "--admin", "tcp:9090:interface=127.0.0.1",
+        "--log-format", "json", "--no-server-timing",
+        "--pool", "default", "--pool", "thumbs:host=thumbs.test:max-queue=3",
     ) == {
         "consumer": ["tcp:1", "unix:/tmp/c.sock"],
         "worker": ["tcp:2"],
         "legacy-worker": ["tcp:3"],
         "allow-legacy-without-token": 1,
         "admin": "tcp:9090:interface=127.0.0.1",
+        "log-format": "json",
+        "no-server-timing": 1,
+        "pool": [PoolSpec("default"), PoolSpec("thumbs", ("thumbs.test",))],
+        "pools": [PoolSpec("default"), PoolSpec("thumbs", ("thumbs.test",))],
         "token-file": str(token),
         "token": "from-file",
         "access-log": "none",
@@ -136,6 +147,12 @@ def test_hub_token_from_environment(monkeypatch):
         (["--retries", "-1"], "retries"),
         (["--token-file", "/nonexistent/token"], "cannot read token file"),
         (["--legacy-worker", "tcp:3"], "allow-legacy-without-token"),
+        (["--log-format", "xml"], "--log-format must be one of text, json, not 'xml'"),
+        (["--pool", "a:prefix=x"], "--pool a:prefix=x: pool a: prefix 'x' must be a path"),
+        (["--pool", "a", "--pool", "a"], "pool a defined twice"),
+        (["--pools", "/nonexistent/pools"], "--pools /nonexistent/pools: No such file"),
+        (["--pool", "a", "--legacy-worker", "tcp:3", "--allow-legacy-without-token"],
+         "legacy workers serve the pool named default"),
     ],
 )
 def test_hub_bad_options(argv, message, monkeypatch):
@@ -163,7 +180,7 @@ def test_worker_options(monkeypatch):
         "slots": 3,
         "admission": None,
         "poll-jobs": 0,
-        "pool": "default",
+        "pools": ["default"],
         "token-file": None,
         "token": None,
         "attach-timeout": 10.0,
@@ -171,6 +188,7 @@ def test_worker_options(monkeypatch):
         "upstream": None,
         "upstream-wait": 30.0,
         "upstream-health": None,
+        "admin": None,
     }
 
 
@@ -182,6 +200,15 @@ def test_sidecar_worker_options(monkeypatch):
     assert (options["upstream"], options["slots"], options["upstream-health"]) == (
         "unix:/run/app.sock", 1, "/ready")
     assert "wsgi" not in options
+
+
+def test_worker_serves_several_pools():
+    """
+    --pool repeats: the slots join every pool named, each once.
+    """
+    options = parse(worker_tap.Options, "--app", "pothead.demo:app", "--pool", "thumbs",
+                    "--pool", "models", "--pool", "thumbs")
+    assert options["pools"] == ["thumbs", "models"]
 
 
 def test_worker_app_from_app_dir(tmp_path):
@@ -207,6 +234,8 @@ def test_worker_app_from_app_dir(tmp_path):
         (["--app", "pothead.demo:nope"], "No such WSGI application: module 'pothead.demo' has no 'nope'"),
         (["--app", "pothead.demo:__doc__"], "is not callable"),
         (["--app", "pothead.demo:app", "--slots", "0"], "slots"),
+        (["--app", "pothead.demo:app", "--processes", "2", "--admin", "tcp:0"],
+         "--admin serves one worker process"),
     ],
 )
 def test_worker_bad_options(argv, message):

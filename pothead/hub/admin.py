@@ -2,8 +2,8 @@
 The hub's admin port (C{--admin ENDPOINT}): a small twisted.web site that
 shows the queue, read from the hub's own state when asked.
 
-  - C{/metrics}: Prometheus text format, through C{prometheus_client}'s
-    own Twisted resource and a collector that turns each pool's counts
+  - C{/metrics}: Prometheus text format, written by C{prometheus_client}
+    from a collector that turns each pool's counts
     (L{pothead.hub.metrics}) into metric families when scraped;
   - C{/status.json}: the live state: pools, their queue, the last fifteen
     minutes of it (L{pothead.hub.history}), and their slots (each with its
@@ -72,7 +72,7 @@ class HubCollector(Collector):
             "(until the hub answered, if none did).",
             ["pool"], (([name], m.queue_wait) for name, m in metrics.items()))
         yield histogram(
-            "pothead_worker_seconds",
+            "pothead_serve_seconds",
             "Time from a worker taking a job until its response was all read.",
             ["pool"], (([name], m.worker_time) for name, m in metrics.items()))
         yield histogram(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 from enum import Enum
+from typing import Sequence
 
 from httptools import HttpResponseParser
 from twisted.internet.defer import Deferred, gatherResults, succeed
@@ -41,6 +42,7 @@ from pothead.bidding import (
 from pothead.http.server import ServerRequest
 from pothead.http.sockets import tune_tcp
 from pothead.worker.admission import FixedAdmission, IAdmission
+from pothead.worker.metrics import WorkerMetrics, refusal
 from pothead.worker.slot_server import SlotChannel, SlotServer
 
 _log = Logger()
@@ -78,7 +80,7 @@ class AttachClient(HeadReceiver):
 
     parser_class = HttpResponseParser
 
-    def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
+    def __init__(self, server: SlotServer, pool: str | Sequence[str], token: str | None, name: str,
                  timeout: float, clock: IReactorTime) -> None:
         super().__init__()
         self._server = server
@@ -96,6 +98,10 @@ class AttachClient(HeadReceiver):
         self.connected_now = False
         self._prepared: Deferred[None] | None = None
         self._admitting: Deferred | None = None
+        #: When it asked for its admission (by the metrics' clock), while
+        #: it waits for it.
+        self._asked: float | None = None
+        self._asked_at_once = False
         self._ticket = None
         #: Whether the hub speaks bids on this connection.
         self.bids = False
@@ -130,12 +136,21 @@ class AttachClient(HeadReceiver):
         """
         self._prepared = Deferred()
         self._admitting = self.factory.until_app_idle()
-        self._admitting.addCallback(lambda _: self.factory.admission.admit())
+        self._admitting.addCallback(self._admit)
         self._admitting.addCallbacks(self._admitted, lambda failure: None)
         return self._prepared
 
+    def _admit(self, _: None) -> Deferred:
+        self._asked = self.factory.metrics.now()
+        admitting = self.factory.admission.admit()
+        self._asked_at_once = admitting.called
+        return admitting
+
     def _admitted(self, ticket) -> None:
         self._admitting = None
+        if self._asked is not None:
+            self.factory.metrics.admitted(self._asked, self._asked_at_once)
+            self._asked = None
         self._ticket = ticket
         if not self.connected_now or self._draining:
             self._ready()
@@ -172,7 +187,7 @@ class AttachClient(HeadReceiver):
         code = parts[1] if len(parts) > 1 else b""
         upgrade = [t.lower() for t in header_tokens(headers, b"upgrade")]
         if code != b"101" or UPGRADE_TOKENS[0] not in upgrade:
-            self._fail(f"hub answered {status_line.decode('latin-1')!r}")
+            self._fail(f"hub answered {status_line.decode('latin-1')!r}", refusal(code))
             self.transport.loseConnection()
             return
         self.factory.refusals = 0
@@ -221,6 +236,21 @@ class AttachClient(HeadReceiver):
     def attached(self) -> bool:
         """Whether the hub is served HTTP on this connection now."""
         return self._channel is not None and not self._detached and self.connected_now
+
+    @property
+    def state(self) -> str:
+        """
+        What this connection does for its slot (L{WorkerSlot.state}, which
+        knows whether it is busy): C{idle}, C{attaching},
+        C{waiting_admission} or C{detached}.
+        """
+        if self.attached:
+            return "idle"
+        if self._attached is not None:
+            return "attaching"
+        if self._asked is not None:
+            return "waiting_admission"
+        return "detached"
 
     # The slot channel's Attachment.
 
@@ -409,13 +439,13 @@ class AttachClient(HeadReceiver):
         super().dataReceived(data)
 
     def head_failed(self, why: str) -> None:
-        self._fail(f"bad answer from hub: {why}")
+        self._fail(f"bad answer from hub: {why}", "bad_answer")
         super().head_failed(why)
 
     def timeoutConnection(self) -> None:
         # Silent or slow, it is the hub that did not answer in time.
         why = f"no answer from hub within {self.timeout:g}s (--attach-timeout)"
-        self._fail(why)
+        self._fail(why, "timeout")
         super().head_failed(why)
 
     def connectionLost(self, reason: Failure = None) -> None:
@@ -424,7 +454,8 @@ class AttachClient(HeadReceiver):
         self.factory.clients.discard(self)
         self.factory.lines.standing(self, False)
         self.factory.lost(self)
-        self._fail(f"connection lost while attaching: {reason.getErrorMessage()}")
+        self._fail(f"connection lost while attaching: {reason.getErrorMessage()}", "lost")
+        self._asked = None
         if self._admitting is not None:
             self._admitting.cancel()
         if self._ticket is not None:
@@ -436,10 +467,15 @@ class AttachClient(HeadReceiver):
         for d in closed:
             d.callback(None)
 
-    def _fail(self, why: str) -> None:
+    def _fail(self, why: str, reason: str) -> None:
+        """
+        The attach in flight, if any, failed: for C{reason}, one of
+        L{pothead.worker.metrics.ATTACH_FAILURES}.
+        """
         if self._attached is not None:
             attached, self._attached = self._attached, None
             self.factory.refusals += 1
+            self.factory.metrics.attach_failed(reason)
             _log.warn("slot {slot} not attached: {why}", slot=self.name, why=why)
             attached.callback(None)
 
@@ -533,20 +569,23 @@ class WorkerSlot(Factory):
     :ivar admission: decides when the slot may attach.
     """
 
-    def __init__(self, server: SlotServer, pool: str, token: str | None, name: str,
+    def __init__(self, server: SlotServer, pool: str | Sequence[str], token: str | None, name: str,
                  timeout: float, clock: IReactorTime,
                  admission: IAdmission | None = None, offered_to: int = 1,
-                 lines: HubLines | None = None) -> None:
+                 lines: HubLines | None = None, metrics: WorkerMetrics | None = None) -> None:
         """
         :param offered_to: how many hubs the slot is offered to at once,
             each through a connection of its own (late binding); it
             changes as hubs come and go.
         :param lines: what the worker knows of each hub's line, shared by
             all its slots.
+        :param metrics: counts its attach failures and admission waits,
+            shared by all its slots.
         """
         self._args = (server, pool, token, name, timeout, clock)
         self._clock = clock
         self.lines = lines or HubLines()
+        self.metrics = metrics or WorkerMetrics()
         self.offered_to = offered_to
         self.admission = admission or FixedAdmission()
         self.clients: set[AttachClient] = set()
@@ -566,6 +605,22 @@ class WorkerSlot(Factory):
             return False
         self._give(client)
         return True
+
+    @property
+    def state(self) -> str:
+        """
+        What the slot is doing now, one of
+        L{pothead.worker.metrics.SLOT_STATES}: C{busy} while an app call
+        runs on it, else what its most advanced connection does.
+        """
+        if self._app_calls:
+            return "busy"
+        # A copy first: this is read by scrapes, in another thread.
+        states = {client.state for client in tuple(self.clients)}
+        for state in ("idle", "attaching", "waiting_admission"):
+            if state in states:
+                return state
+        return "detached"
 
     def free_for(self, client: AttachClient) -> bool:
         """Whether no other connection of this slot serves a request now."""

@@ -31,6 +31,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 from twisted.web.wsgi import WSGIResource, _WSGIResponse
 from zope.interface import implementer
 
+from pothead.worker.metrics import WorkerMetrics
 from pothead.worker.slot_server import UNATTACHED
 
 #: The environ key under which a response's gate reaches the middleware.
@@ -101,12 +102,19 @@ class WriteGate:
 
     ``paused`` is set in the reactor thread and read in the WSGI thread;
     a stale read costs at most one chunk more or one wait less.
+
+    ``failed`` is set in the WSGI thread when the app raises, and read in
+    the reactor thread once the app call is over: the hand-over of that
+    news (L{BatchedCalls}, under its lock) comes after the write.
     """
 
     def __init__(self, reactor: Any, request: Request) -> None:
         self._reactor = reactor
         self._request = request
         self.paused = False
+        #: Whether the app raised (calling it, iterating or closing its
+        #: response), or wrote what is not bytes.
+        self.failed = False
         self._stopped = False
         self._resumed: Deferred[None] | None = None
         self._registered = False
@@ -158,21 +166,28 @@ class WriteGate:
         """
         written = 0
         try:
-            for chunk in chunks:
-                yield chunk
-                written += len(chunk)
-                if written > UNGATED_BYTES and not self._registered:
-                    blockingCallFromThread(self._reactor, self._register)
-                if self.paused:
-                    blockingCallFromThread(self._reactor, self._until_open)
-        finally:
-            close = getattr(chunks, "close", None)
             try:
-                if close is not None:
-                    close()
+                for chunk in chunks:
+                    yield chunk
+                    written += len(chunk)
+                    if written > UNGATED_BYTES and not self._registered:
+                        blockingCallFromThread(self._reactor, self._register)
+                    if self.paused:
+                        blockingCallFromThread(self._reactor, self._until_open)
             finally:
-                if self._registered:
-                    blockingCallFromThread(self._reactor, self._unregister)
+                close = getattr(chunks, "close", None)
+                try:
+                    if close is not None:
+                        close()
+                finally:
+                    if self._registered:
+                        blockingCallFromThread(self._reactor, self._unregister)
+        except GeneratorExit:
+            # Closed early by twisted.web.wsgi (the request was finished).
+            raise
+        except BaseException:
+            self.failed = True
+            raise
 
 
 class _PromptResponse(_WSGIResponse):
@@ -211,13 +226,16 @@ class _PromptResponse(_WSGIResponse):
     _unwaited = 0
 
     def __init__(self, reactor: Any, threadpool: Any, application: Any, request: Request,
-                 on_ended: Callable[[], None]) -> None:
+                 on_ended: Callable[[], None], gate: WriteGate) -> None:
         """
         :param on_ended: called in the reactor thread when the app call is
             over.
+        :param gate: the response's gate, told if the app writes what is
+            not bytes.
         """
         super().__init__(reactor, threadpool, application, request)
         self.on_ended = on_ended
+        self.gate = gate
 
     def run(self) -> None:
         try:
@@ -227,6 +245,7 @@ class _PromptResponse(_WSGIResponse):
 
     def write(self, data: bytes) -> None:
         if not isinstance(data, bytes):
+            self.gate.failed = True
             raise TypeError(f"WSGI response data must be bytes, not {type(data).__name__}")
         self._unwaited += len(data)
         if self._unwaited > UNGATED_BYTES:
@@ -248,22 +267,37 @@ class FlowControlledWSGIResource(WSGIResource):
     without a thread round trip per chunk.
     """
 
-    def __init__(self, reactor: Any, threadpool: Any, application: Any) -> None:
+    def __init__(self, reactor: Any, threadpool: Any, application: Any,
+                 metrics: WorkerMetrics | None = None) -> None:
+        """
+        :param metrics: counts each job when its app call is over.
+        """
         super().__init__(reactor, threadpool, application)
         # Kept here rather than read back from WSGIResource's private
         # attributes.
         self._pool = threadpool
         self._app = application
         self._calls = BatchedCalls(reactor)
+        self._metrics = metrics or WorkerMetrics()
 
     def render(self, request: Request) -> int:
         # A twisted.web channel (the resource served by a Site) has no
         # attachment: it is served as a slot's channel not attached to a hub.
         attachment = getattr(request.channel, "attachment", UNATTACHED)
-        response = _PromptResponse(
-            self._calls, self._pool, self._app, request, attachment.app_call_ended
-        )
-        response.environ[GATE_KEY] = WriteGate(self._calls, request)
+        gate = WriteGate(self._calls, request)
+        metrics = self._metrics
+        began = metrics.now()
+
+        def ended() -> None:
+            # In the reactor thread, after the response's last write and
+            # finish (BatchedCalls keeps their order).  A response whose
+            # head never went out (the hub was gone) has no status.
+            attachment.app_call_ended()
+            begun = getattr(request, "started", True)
+            metrics.job_done(request.code if begun else None, began, gate.failed)
+
+        response = _PromptResponse(self._calls, self._pool, self._app, request, ended, gate)
+        response.environ[GATE_KEY] = gate
         response.environ[TICKET_KEY] = attachment.ticket
         attachment.app_call_started()
         response.start()
@@ -281,11 +315,14 @@ def flow_controlled(app):
     def gated(environ: dict, start_response) -> Iterable[bytes]:
         gate = environ.pop(GATE_KEY, None)
         ticket = environ.pop(TICKET_KEY, None)
-        if ticket is not None:
-            ticket.request_received(environ)
-        chunks = app(environ, start_response)
-        if gate is None:
-            return chunks
-        return gate.iterate(chunks)
+        try:
+            if ticket is not None:
+                ticket.request_received(environ)
+            chunks = app(environ, start_response)
+        except BaseException:
+            if gate is not None:
+                gate.failed = True
+            raise
+        return chunks if gate is None else gate.iterate(chunks)
 
     return gated

@@ -144,13 +144,16 @@ def child_options(config: Any) -> list[str]:
     argv = []
     for name, *_ in config.optParameters:
         value = config[name]
-        if value is None:
+        if value is None or name == "admin":
+            # --admin never reaches a child: N children cannot share one
+            # port (and the options refuse it beside --processes).
             continue
         if name == "app-dir":
             value = os.path.abspath(value)
         argv.append(f"--{name}={value}")
     argv += [f"--{name}" for name, *_ in config.optFlags if config[name]]
     argv += [f"--hub={hub}" for hub in config["hubs"]]
+    argv += [f"--pool={pool}" for pool in config["pools"]]
     if config.get("max-jobs"):
         argv.append(f"--max-jobs={config['max-jobs']}")
     return argv

@@ -16,12 +16,16 @@ from typing import Callable, Sequence
 
 from twisted.application.internet import ClientService
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet import error
+from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import Site
+from zope.interface import implementer
 
 from pothead.exit import exit_cleanly
 from pothead.worker.admission import FixedAdmission, IAdmission
@@ -29,6 +33,7 @@ from pothead.worker.attach_client import HubLines, WorkerSlot
 from pothead.worker.environ import WSGIApp, behind_hub
 from pothead.worker.flow import FlowControlledWSGIResource, flow_controlled
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL, HubSet
+from pothead.worker.metrics import WorkerMetrics, worker_admin_site
 from pothead.worker.slot_server import SlotServer
 from pothead.worker.threads import AppThreads
 from pothead.worker.upstream import DEFAULT_UPSTREAM_WAIT, UpstreamService, sidecar
@@ -75,15 +80,20 @@ class WorkerService(MultiService):
     """
 
     def __init__(self, reactor, drain_timeout: float, admission: IAdmission,
-                 max_jobs: int | None = None, stop: Callable[[], None] | None = None) -> None:
+                 max_jobs: int | None = None, stop: Callable[[], None] | None = None,
+                 metrics: WorkerMetrics | None = None, pool: str = "default") -> None:
         """
         :param max_jobs: after taking this many jobs, call C{stop}.
         :param stop: stops the process, whose shutdown stops this service
             (under twistd: C{reactor.stop}, the path SIGTERM takes).
+        :param metrics: what the worker counts of its work.
+        :param pool: the pool its slots join.
         """
         super().__init__()
         self.admission = admission
         self.slots: list[WorkerSlot] = []
+        self.metrics = metrics or WorkerMetrics()
+        self.pool = pool
         #: Jobs the app has been called for.
         self.jobs = 0
         self._reactor = reactor
@@ -134,6 +144,13 @@ class WorkerService(MultiService):
         _log.info("draining {n} slots", n=len(self.slots))
         return Deferred.fromCoroutine(self._stop())
 
+    def admin_site(self) -> Site:
+        """
+        The worker's admin site (C{--admin}): C{/metrics} of its slots and
+        counts, C{/healthz}.
+        """
+        return worker_admin_site(self.metrics, lambda: self.slots, self.pool)
+
 
 def counted(app: WSGIApp, reactor, job_started: Callable[[], None]) -> WSGIApp:
     """
@@ -148,7 +165,8 @@ def counted(app: WSGIApp, reactor, job_started: Callable[[], None]) -> WSGIApp:
     return counting_app
 
 
-def slot_server(reactor, pool: AppThreads, app: WSGIApp) -> SlotServer:
+def slot_server(reactor, pool: AppThreads, app: WSGIApp,
+                metrics: WorkerMetrics | None = None) -> SlotServer:
     """
     The server every slot runs after attaching: the app, behind the hub,
     hosted by twisted.web.wsgi in C{pool}, its response read only as fast
@@ -157,9 +175,13 @@ def slot_server(reactor, pool: AppThreads, app: WSGIApp) -> SlotServer:
     Request bodies reach the app as sent (never parsed as forms first),
     and slots never time out for idleness: an idle slot is a worker
     waiting for work, which is its normal state.
+
+    :param metrics: counts each job.
     """
-    resource = FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app)))
-    return SlotServer(resource, reactor)
+    metrics = metrics or WorkerMetrics()
+    resource = FlowControlledWSGIResource(reactor, pool, flow_controlled(behind_hub(app)),
+                                          metrics)
+    return SlotServer(resource, reactor, metrics)
 
 
 def slot_name(index: int) -> str:
@@ -175,7 +197,7 @@ def worker_service(
     hubs: Sequence[str],
     slots: int,
     token: str | None = None,
-    pool: str = "default",
+    pool: str | Sequence[str] = "default",
     attach_timeout: float = DEFAULT_ATTACH_TIMEOUT,
     drain_timeout: float = DEFAULT_DRAIN_TIMEOUT,
     admission: IAdmission | None = None,
@@ -206,7 +228,8 @@ def worker_service(
     :param resolver: resolves hub names; the reactor's by default.
     :param slots: how many requests this worker serves at once.
     :param token: the hub's bearer token, if it requires one.
-    :param pool: the pool to join.
+    :param pool: the pool to join, or several: each slot then takes the
+        oldest job across them (the hub's L{pothead.hub.pool_group}).
     :param attach_timeout: seconds the hub has to answer an attach.
     :param drain_timeout: seconds in-flight requests get when stopping.
     :param admission: decides when each slot may attach (default: at once).
@@ -222,9 +245,15 @@ def worker_service(
     :param upstream_health: a path on it that answers 2xx while it is
         ready; slots attach only then.
     """
+    metrics = WorkerMetrics()
+    pools = [pool] if isinstance(pool, str) else list(pool)
+    # The metrics' pool label: one name, or the pools as the hub names
+    # such a slot's group.
+    pool = "+".join(pools)
     if upstream is not None:
-        server, admission = sidecar(reactor, upstream, slots, upstream_wait, upstream_health)
-        service = WorkerService(reactor, drain_timeout, admission)
+        server, admission = sidecar(reactor, upstream, slots, upstream_wait, upstream_health,
+                                    metrics)
+        service = WorkerService(reactor, drain_timeout, admission, metrics=metrics, pool=pool)
         UpstreamService(server).setServiceParent(service)
         # Each connection detaches once its job is done, and attaches
         # again when the admission allows.
@@ -233,22 +262,23 @@ def worker_service(
         ]
     else:
         admission = admission or FixedAdmission()
-        service = WorkerService(reactor, drain_timeout, admission, max_jobs=max_jobs, stop=stop)
+        service = WorkerService(reactor, drain_timeout, admission, max_jobs=max_jobs, stop=stop,
+                                metrics=metrics, pool=pool)
         threads = AppThreads(slots, name="pothead-wsgi")
         AppThreadsService(threads, reactor).setServiceParent(service)
         if max_jobs is not None:
             app = counted(app, reactor, service.job_started)
-        server = slot_server(reactor, threads, app)
+        server = slot_server(reactor, threads, app, metrics)
     lines = HubLines()
     service.slots = [
-        WorkerSlot(server, pool, token, slot_name(index), attach_timeout, reactor, admission,
-                   lines=lines)
+        WorkerSlot(server, pools, token, slot_name(index), attach_timeout, reactor, admission,
+                   lines=lines, metrics=metrics)
         for index in range(slots)
     ]
     if spread == "even":
         for index, slot in enumerate(service.slots):
             hub = clientFromString(reactor, hubs[index % len(hubs)])
-            HubOffers(hub, [slot], reactor).setServiceParent(service)
+            HubOffers(hub, [slot], reactor, metrics).setServiceParent(service)
         return service
 
     # The hubs' offers have a parent of their own, started before the hub
@@ -258,7 +288,8 @@ def worker_service(
     joined.setServiceParent(service)
 
     def join(description: str) -> HubOffers:
-        offers = HubOffers(clientFromString(reactor, description), service.slots, reactor)
+        offers = HubOffers(clientFromString(reactor, description), service.slots, reactor,
+                           metrics)
         offers.setServiceParent(joined)
         return offers
 
@@ -302,9 +333,15 @@ class HubOffers(MultiService):
     attaches, and connects again whenever the connection ends.
     """
 
-    def __init__(self, hub: IStreamClientEndpoint, slots: list[WorkerSlot], reactor) -> None:
+    def __init__(self, hub: IStreamClientEndpoint, slots: list[WorkerSlot], reactor,
+                 metrics: WorkerMetrics | None = None) -> None:
+        """
+        :param metrics: counts the failures to connect to the hub.
+        """
         super().__init__()
         self._offers = [_Offer(slot) for slot in slots]
+        if metrics is not None:
+            hub = _Counted(hub, metrics)
         for offer in self._offers:
             ClientService(
                 hub,
@@ -331,3 +368,41 @@ class HubOffers(MultiService):
         await self.stopService()
         self.disownServiceParent()
 
+
+
+def connect_failure(failure: Failure) -> str | None:
+    """
+    The reason a connect to a hub failed, as
+    C{pothead_worker_attach_failures_total} names it; L{None} for a
+    connect cancelled by the worker itself (stopping).
+    """
+    if failure.check(CancelledError, error.ConnectingCancelledError):
+        return None
+    if failure.check(error.ConnectionRefusedError):
+        return "connect_refused"
+    if failure.check(error.TimeoutError):
+        return "connect_timeout"
+    if failure.check(error.DNSLookupError):
+        return "dns"
+    return "connect_failed"
+
+
+@implementer(IStreamClientEndpoint)
+class _Counted:
+    """
+    A hub's endpoint, each failure of whose connects is counted as an
+    attach failure (the attach never began).
+    """
+
+    def __init__(self, endpoint: IStreamClientEndpoint, metrics: WorkerMetrics) -> None:
+        self._endpoint = endpoint
+        self._metrics = metrics
+
+    def connect(self, factory: Factory) -> Deferred:
+        return self._endpoint.connect(factory).addErrback(self._failed)
+
+    def _failed(self, failure: Failure) -> Failure:
+        reason = connect_failure(failure)
+        if reason is not None:
+            self._metrics.attach_failed(reason)
+        return failure

@@ -38,6 +38,7 @@ from pothead.http.limits import MIB, MessageLimits
 from pothead.http.request import RequestHead
 from pothead.http.server import ServerChannel, ServerRequest
 from pothead.worker.body_pipe import BodyPipe
+from pothead.worker.metrics import WorkerMetrics
 
 #: What a slot accepts from its hub: any body (the hub enforced its own
 #: limit), heads up to 1 MiB (the hub's own limit plus the headers it
@@ -414,11 +415,17 @@ class SlotServer(Factory):
     #: is served as twisted.web would serve them.
     requires_host = False
 
-    def __init__(self, resource: IResource, reactor: IReactorTime) -> None:
+    def __init__(self, resource: IResource, reactor: IReactorTime,
+                 metrics: WorkerMetrics | None = None) -> None:
+        """
+        :param metrics: what the worker counts of its jobs (a sidecar's
+            relays count theirs here; a WSGI resource counts its own).
+        """
         self.resource = resource
         #: The reactor: its clock, and its C{callFromThread}, which resumes
         #: reading a body the app caught up on.
         self.clock = reactor
+        self.metrics = metrics or WorkerMetrics()
 
     def buildProtocol(self, addr) -> SlotChannel:
         """A channel served directly, not attached to a hub."""

@@ -9,6 +9,7 @@ import importlib.util
 import os
 import sys
 
+from twisted.application import strports
 from twisted.application.service import Service
 from twisted.python import usage
 
@@ -18,7 +19,12 @@ from pothead.tokens import TokenError, load_token
 from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
 from pothead.worker.hubs import DEFAULT_RESOLVE_INTERVAL
 from pothead.worker.processes import ready_notice, supervisor
-from pothead.worker.service import DEFAULT_ATTACH_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, worker_service
+from pothead.worker.service import (
+    DEFAULT_ATTACH_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT,
+    WorkerService,
+    worker_service,
+)
 from pothead.worker.upstream import DEFAULT_UPSTREAM_WAIT, parse_upstream
 
 #: The hub a worker attaches to when no --hub is given.
@@ -126,7 +132,6 @@ class Options(usage.Options):
         ["admission", None, None,
          "Gate slots on idle CPU: cpu:REQUIRED[,max=N] attaches one more slot "
          "only while REQUIRED CPUs are idle (one job always runs)."],
-        ["pool", None, DEFAULT_POOL, "The pool to join on the hub."],
         ["token-file", None, None,
          "File whose first line is the hub's token (default: $POTHEAD_TOKEN)."],
         ["attach-timeout", None, DEFAULT_ATTACH_TIMEOUT,
@@ -136,6 +141,10 @@ class Options(usage.Options):
         ["resolve-interval", None, DEFAULT_RESOLVE_INTERVAL,
          "Seconds between two resolutions of a --hub host name; every address it "
          "resolves to is a hub (with --spread late).", float],
+        ["admin", None, None,
+         "Serve /metrics (Prometheus) and /healthz on this endpoint, e.g. "
+         "tcp:9091:interface=127.0.0.1 (default: off; one worker process only, "
+         "not with --processes)."],
     ]
 
     optFlags = [
@@ -147,6 +156,15 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["hubs"] = []
+        self["pools"] = []
+
+    def opt_pool(self, name: str) -> None:
+        """
+        The pool to join on the hub (default: default); repeat it to serve
+        several: each slot then takes the oldest job across them.
+        """
+        if name not in self["pools"]:
+            self["pools"].append(name)
 
     def opt_hub(self, endpoint: str) -> None:
         """
@@ -178,6 +196,8 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         if not self["hubs"]:
             self["hubs"] = [DEFAULT_HUB]
+        if not self["pools"]:
+            self["pools"] = [DEFAULT_POOL]
         if self["spread"] not in SPREADS:
             raise usage.UsageError(f"--spread must be late or even, not {self['spread']!r}")
         if len(self["hubs"]) > 1 and self["spread"] == "late" and (
@@ -186,6 +206,13 @@ class Options(usage.Options):
             # Each offer would hold an admission ticket of its own.
             raise usage.UsageError(
                 "--admission and --poll-jobs work with one hub, or with --spread even"
+            )
+        if self["admin"] is not None and self.get("processes", 1) > 1:
+            # The parent loads no app and serves no job, and its children
+            # cannot share one port: each would need its own.
+            raise usage.UsageError(
+                "--admin serves one worker process's metrics, not those of --processes N "
+                "children; run the workers as separate services, each with its own --admin"
             )
         if (self["app"] is None) == (self["upstream"] is None):
             raise usage.UsageError(
@@ -264,10 +291,18 @@ def makeService(config: Options) -> Service:
 
     if config.get("processes", 1) > 1:
         return supervisor(reactor, config)
+    service = _worker(reactor, config)
+    if config["admin"] is not None:
+        strports.service(config["admin"], service.admin_site()).setServiceParent(service)
+    return service
+
+
+def _worker(reactor, config: Options) -> WorkerService:
+    """The worker of one process, serving an app or relaying to an upstream."""
     if config["upstream"] is not None:
         return worker_service(
             reactor, None, hubs=config["hubs"], slots=config["slots"], token=config["token"],
-            pool=config["pool"], spread=config["spread"],
+            pool=config["pools"], spread=config["spread"],
             resolve_interval=config["resolve-interval"],
             attach_timeout=config["attach-timeout"], drain_timeout=config["drain-timeout"],
             upstream=config["upstream"], upstream_wait=config["upstream-wait"],
@@ -298,7 +333,7 @@ def makeService(config: Options) -> Service:
         slots=slots,
         admission=admission,
         token=config["token"],
-        pool=config["pool"],
+        pool=config["pools"],
         attach_timeout=config["attach-timeout"],
         drain_timeout=config["drain-timeout"],
         max_jobs=config.get("max-jobs"),

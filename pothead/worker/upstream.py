@@ -42,6 +42,7 @@ from pothead.http.client import BadResponse, ResponseHead, ResponseReader
 from pothead.http.message import reason_phrase
 from pothead.http.sockets import tune_tcp
 from pothead.worker.admission import IAdmission, _Ticket
+from pothead.worker.metrics import WorkerMetrics
 from pothead.worker.slot_server import SlotRequest, SlotServer
 
 _log = Logger()
@@ -205,7 +206,7 @@ class RelayRequest(SlotRequest):
 
     __slots__ = (
         "_upstream", "_pending", "_body_done", "keep_upstream", "_uploading", "_downloading",
-        "gone", "_calling", "_reused",
+        "gone", "_calling", "_reused", "_began", "_failed",
     )
 
     def __init__(self, channel, head) -> None:
@@ -220,18 +221,30 @@ class RelayRequest(SlotRequest):
         self.gone = False
         self._calling = False
         self._reused = False
+        self._began = 0.0
+        #: Whether the upstream failed it (answered 502, or cut off).
+        self._failed = False
 
     def call_started(self) -> None:
         """The relay is this slot's app call: a new connection of the slot
         takes no job until it is over."""
         self._calling = True
+        self._began = self.channel.factory.metrics.now()
         self.channel.attachment.app_call_started()
 
-    def call_ended(self) -> None:
-        """The relay is over (once, whichever way it ended)."""
+    def call_ended(self, relayed: bool = True) -> None:
+        """
+        The relay is over (once, whichever way it ended).
+
+        :param relayed: whether it counts as a job: not if it was handed
+            back to the hub before reaching the upstream.
+        """
         if self._calling:
             self._calling = False
             self.channel.attachment.app_call_ended()
+            if relayed:
+                self.channel.factory.metrics.job_done(
+                    self.code if self.started else None, self._began, self._failed)
 
     def relay_over(self, upstream: UpstreamConnection, reused: bool = False) -> None:
         """
@@ -328,6 +341,7 @@ class RelayRequest(SlotRequest):
             return
         _log.warn("upstream failed {method} {target}: {why}", method=self.head.method,
                   target=self.head.target, why=why)
+        self._failed = True
         if self.started:
             self._stop_responding()
             self.flush()
@@ -338,6 +352,7 @@ class RelayRequest(SlotRequest):
 
     def answer_bad_gateway(self, why: str) -> None:
         """Answer the hub 502: the upstream could not serve the job."""
+        self._failed = True
         body = b"Bad Gateway: " + why.encode("utf-8", "replace") + b"\n"
         self.answer(502, reason_phrase(502), [(b"Content-Type", b"text/plain; charset=utf-8")],
                     body)
@@ -352,12 +367,13 @@ class UpstreamServer(SlotServer):
     request_class = RelayRequest
 
     def __init__(self, endpoint: IStreamClientEndpoint, reactor: IReactorTime,
-                 state: UpstreamState, keep: int) -> None:
+                 state: UpstreamState, keep: int, metrics: WorkerMetrics | None = None) -> None:
         """
         :param keep: how many idle upstream connections to keep (one per
             slot).
+        :param metrics: counts each relayed job.
         """
-        super().__init__(None, reactor)
+        super().__init__(None, reactor, metrics)
         self._endpoint = endpoint
         self.state = state
         self._keep = keep
@@ -392,7 +408,7 @@ class UpstreamServer(SlotServer):
         _log.info("upstream refuses connections ({why}); handing the job back and detaching",
                   why=failure.getErrorMessage())
         if request.channel.attachment.hand_back():
-            request.call_ended()
+            request.call_ended(relayed=False)
         else:
             request.answer_bad_gateway("upstream refuses connections")
 
@@ -635,16 +651,18 @@ class UpstreamService(Service):
 
 
 def sidecar(reactor, url: str, slots: int, wait: float = DEFAULT_UPSTREAM_WAIT,
-            health: str | None = None) -> tuple[UpstreamServer, UpstreamAdmission]:
+            health: str | None = None, metrics: WorkerMetrics | None = None,
+            ) -> tuple[UpstreamServer, UpstreamAdmission]:
     """
     What a sidecar worker's slots run, and when they may attach.
 
     :param health: a path on the upstream that answers 2xx while it is
         ready (C{--upstream-health}).
+    :param metrics: counts the relayed jobs.
     """
     endpoint = upstream_endpoint(reactor, url)
     state = UpstreamState(reactor, wait)
     return (
-        UpstreamServer(endpoint, reactor, state, slots),
+        UpstreamServer(endpoint, reactor, state, slots, metrics),
         UpstreamAdmission(endpoint, state, reactor, health),
     )
