@@ -9,8 +9,10 @@ Two parts, each measured in this run:
    pothead's L{pothead.metrics.Distribution} (a bisect into bucket counts)
    against C{prometheus_client}'s C{Histogram.observe} with the same
    buckets, and bumping a labelled count in a dict against
-   C{Counter.labels(...).inc()}; nanoseconds per call, the median of
-   interleaved rounds.
+   C{Counter.labels(...).inc()}; then what the hub adds to each job (its
+   counting when over, its Server-Timing value); nanoseconds per call,
+   the median of interleaved rounds.  Against the hub's CPU per request
+   in part 2's runs, the share of the hub's work the counting is.
 
 2. The hub with and without ``--admin``, as bench.py measures pothead:
    sequential ``/tiny`` requests on a kept-alive connection (p50) and
@@ -74,12 +76,40 @@ def bookkeeping(rounds: int, calls: int) -> dict[str, float]:
         "prometheus Counter.labels().inc()": lambda: [
             counter.labels("default", "200", "worker").inc() for v in values],
     }
+    cases.update(per_job())
     timings: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(rounds):
         for name, case in cases.items():
             seconds = timeit.timeit(case, number=calls // len(values))
             timings[name].append(seconds / (calls // len(values) * len(values)) * 1e9)
     return {name: med(values) for name, values in timings.items()}
+
+
+def per_job() -> dict:
+    """
+    What the hub adds to each job, as cases of 1024 calls: its counting
+    when it is over (C{PoolMetrics.finished}) and its C{Server-Timing}
+    value (C{Job._timing}), on a job of the hub's own (a queued GET with a
+    relayed response) made on a fake clock.
+    """
+    from twisted.internet.testing import MemoryReactorClock, StringTransport
+
+    from pothead.hub.service import Hub
+
+    clock = MemoryReactorClock()
+    hub = Hub(clock)
+    channel = hub.consumer_factory().buildProtocol(None)
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /tiny HTTP/1.1\r\nHost: bench\r\n\r\n")
+    job = hub.pools["default"].get().result
+    job.taken_at, job.worker_done_at = clock.seconds(), clock.seconds() + 0.001
+    job.request.code, job.request.sent = 200, 2
+    metrics = job.pool.metrics
+    calls = range(1024)
+    return {
+        "PoolMetrics.finished (per job)": lambda: [metrics.finished(job, 1.0) for _ in calls],
+        "Job._timing (per job)": lambda: [job._timing() for _ in calls],
+    }
 
 
 class Admin(Pothead):
@@ -178,6 +208,14 @@ def main() -> int:
           f"added {added:+.3f} ms ({added / p50['pothead'] * 100:+.1f} %)")
     print(f"  /tiny throughput: without {rps['pothead']:.0f} req/s, with {rps['admin']:.0f} req/s: "
           f"ratio {rps['admin'] / rps['pothead']:.3f}")
+    # The hub's CPU per request in this run, and the share of it the
+    # per-job bookkeeping measured above takes: a figure the machine's
+    # noise does not swamp, as it does the two systems' difference.
+    hub_us = med([r["throughput"]["cpu_pct"]["hub"] / 100 / r["throughput"]["rps"] * 1e6
+                  for r in results["pothead"]])
+    job_us = (ns["PoolMetrics.finished (per job)"] + ns["Job._timing (per job)"]) / 1000
+    print(f"  the hub's CPU per /tiny request: {hub_us:.0f} us; counting a job and its "
+          f"Server-Timing: {job_us:.2f} us ({job_us / hub_us * 100:.1f} %)")
     return 0
 
 
