@@ -14,8 +14,11 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from pothead.attach import attach_request
+from pothead.hub.admin import pool_status
 from pothead.hub.routing import (
     PoolSpec,
     PoolSpecError,
@@ -379,3 +382,28 @@ async def test_a_worker_serving_two_pools_under_load():
     finally:
         await client.close()
         await running.stop()
+
+
+@pytest.mark.unit
+def test_status_shows_each_slots_pools_and_hubs():
+    """
+    /status.json's entry of a slot says which pools it serves and to how
+    many hubs its worker offers it; busy with one pool's job, it is
+    "elsewhere" in the other's.
+    """
+    harness = HubHarness(pools=[parse_pool("a:prefix=/a"), parse_pool("b:prefix=/b")])
+    protocol = harness.workers.buildProtocol(None)
+    protocol.makeConnection(StringTransport())
+    protocol.dataReceived(attach_request("hub", ["a", "b"], None, "w", offered_to=3))
+    a, b = harness.hub.pools["a"], harness.hub.pools["b"]
+    (entry,) = pool_status(a, harness.clock.seconds())["slots"]
+    # Offered to three hubs, it bids before it takes a job (late binding).
+    assert (entry["pools"], entry["hubs"], entry["state"]) == (["a", "b"], 3, "elsewhere")
+    protocol.transport.loseConnection()
+    protocol.connectionLost(Failure(ConnectionDone()))
+    harness.worker(["a", "b"])
+    harness.consumer(request(b"h", b"/b/1"))
+    assert pool_status(b, 0)["slots"][0]["state"] == "busy"
+    assert pool_status(b, 0)["slots"][0]["job"]["path"] == "/b/1"
+    assert pool_status(a, 0)["slots"][0]["state"] == "elsewhere"
+    assert pool_status(a, 0)["slots"][0]["job"] is None

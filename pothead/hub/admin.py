@@ -32,6 +32,7 @@ from pothead.address import host_port
 from pothead.admin_web import TEXT, Answer, Page, admin_site
 from pothead.hub.history import History
 from pothead.hub.pool import Pool
+from pothead.hub.pool_group import PoolGroup
 from pothead.hub.service import Hub
 from pothead.hub.tally import Tally
 from pothead.metrics import counter, gauge, histogram
@@ -135,6 +136,11 @@ def _slot_series(name: str, pool: Pool) -> Iterator[tuple[list[str], int]]:
     yield [name, "busy"], busy
 
 
+def pool_names(pool: Pool | PoolGroup) -> list[str]:
+    """The pools a slot serves, by name."""
+    return [member.name for member in getattr(pool, "pools", [pool])]
+
+
 def pool_status(pool: Pool, now: float) -> dict:
     """What C{/status.json} says of one pool, but its history."""
     slots = []
@@ -147,6 +153,8 @@ def pool_status(pool: Pool, now: float) -> dict:
             "worker": slot.worker,
             "peer": host_port(slot.transport.getPeer()) if slot.transport else None,
             "state": slot.state if job is not None or slot.job is None else "elsewhere",
+            "hubs": slot.offered_to,
+            "pools": pool_names(slot.pool),
             "jobs_served": slot.served,
             "job": None,
         }

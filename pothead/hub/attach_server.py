@@ -206,7 +206,8 @@ class AttachServer(HeadReceiver):
             )
             self._refuse(refusal)
             return
-        late = header_tokens(headers, OFFERS_HEADER.lower()) not in ([], [b"1"])
+        offers = header_tokens(headers, OFFERS_HEADER.lower())
+        late = offers not in ([], [b"1"])
         bids = late and header_tokens(headers, BIDS_HEADER.lower()) == [b"1"]
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
@@ -218,7 +219,10 @@ class AttachServer(HeadReceiver):
         (_log.debug if late else _log.info)(
             "worker {worker} attached to pool {pool}", worker=name, pool=pool.name
         )
-        self.switch_to(BiddingSlot(pool, name) if bids else Slot(pool, name, offered_elsewhere=late))
+        slot = BiddingSlot(pool, name) if bids else Slot(pool, name, offered_elsewhere=late)
+        if late and offers[0].isdigit():
+            slot.offered_to = int(offers[0])
+        self.switch_to(slot)
 
     def head_malformed(self, why: str) -> None:
         self.setTimeout(None)

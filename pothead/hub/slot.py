@@ -58,6 +58,10 @@ class Slot(Protocol):
     #: is answered even when no job waits (see L{response_done}).
     available_early = False
 
+    #: How many hubs its worker offers it to at once (late binding), as
+    #: its attach said: shown on the status page.
+    offered_to = 1
+
     def __init__(self, pool: Pool[Job], worker: str, offered_elsewhere: bool = False) -> None:
         """
         :param offered_elsewhere: whether the worker offers this slot to
