@@ -140,6 +140,104 @@ def _on_signal(signum, frame):
     sys.exit(128 + signum)
 
 
+def standalone_run(name: str) -> Path:
+    """
+    Set up a benchmark script that runs on its own (hubs.py, pools.py...):
+    this working tree's pothead first on PYTHONPATH, whatever an install
+    last linked; every process it starts stopped at exit or on SIGTERM
+    and SIGINT; a work directory for the logs, printed and returned.
+    """
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    atexit.register(stop_all)
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    workroot = Path(tempfile.mkdtemp(prefix=f"pothead-{name}-"))
+    print(f"# work dir (logs): {workroot}; python {sys.executable}", flush=True)
+    return workroot
+
+
+def quick_or_full(description: str, name: str):
+    """
+    The command line of a benchmark of pothead against another system
+    (``--quick``, ``--repeat N``), and its run set up (L{standalone_run}).
+
+    :return: the arguments, the measurements' settings, the repeats and
+        the work directory.
+    """
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--quick", action="store_true", help="smoke pass: few requests, 1 repeat")
+    parser.add_argument("--repeat", type=int, default=None, help="repeats (default 5; 1 with --quick)")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else FULL
+    repeat = args.repeat or (1 if args.quick else 5)
+    return args, cfg, repeat, standalone_run(name)
+
+
+def take_turns(measures: dict, repeat: int, workroot: Path, line) -> dict[str, list[dict]]:
+    """
+    Measure each system once per repeat, the systems taking turns going
+    first, so that drift on a shared machine hits all alike.
+
+    :param measures: each system's name and its measurement, called with
+        a fresh work directory.
+    :param line: what to print of one measurement, after its name.
+    :return: each system's measurements, in repeat order.
+    """
+    names = list(measures)
+    results: dict[str, list[dict]] = {name: [] for name in names}
+    for rep in range(repeat):
+        for name in names if rep % 2 == 0 else names[::-1]:
+            workdir = workroot / f"r{rep}-{name}"
+            workdir.mkdir()
+            results[name].append(measures[name](workdir))
+            print(f"[{rep + 1}/{repeat}] {name:8s} {line(results[name][-1])}", flush=True)
+    return results
+
+
+def overhead_and_throughput(cls, workdir: Path, cfg: dict) -> dict:
+    """A system of class C{cls} started fresh, measured as pothead is, and stopped."""
+    system = cls(workdir, cfg["slots"])
+    try:
+        system.start()
+        return {"overhead": m_overhead(system, cfg), "throughput": m_throughput(system, cfg)}
+    finally:
+        system.stop()
+
+
+def one_against_another(systems: dict, cfg: dict, repeat: int, workroot: Path,
+                        title: str) -> dict[str, list[dict]]:
+    """
+    Two systems (name: class, the reference first), measured as pothead
+    is in turns, and their medians printed: the second's added keep-alive
+    p50 and its throughput ratio.
+    """
+    started = time.monotonic()
+    results = take_turns(
+        {name: lambda workdir, cls=cls: overhead_and_throughput(cls, workdir, cfg)
+         for name, cls in systems.items()},
+        repeat, workroot, p50_and_rps)
+    (a, b) = systems
+    p50 = {k: med([r["overhead"]["keepalive"]["p50_ms"] for r in v]) for k, v in results.items()}
+    rps = {k: med([r["throughput"]["rps"] for r in v]) for k, v in results.items()}
+    added = p50[b] - p50[a]
+    print()
+    print(f"{title}, {cfg['slots']} slots, median of {repeat} "
+          f"({time.monotonic() - started:.0f} s, {machine()['cpus']} CPUs):")
+    print(f"  keep-alive p50: {a} {p50[a]:.3f} ms, {b} {p50[b]:.3f} ms: "
+          f"added {added:+.3f} ms ({added / p50[a] * 100:+.1f} %)")
+    print(f"  /tiny throughput: {a} {rps[a]:.0f} req/s, {b} {rps[b]:.0f} req/s: "
+          f"ratio {rps[b] / rps[a]:.3f}")
+    return results
+
+
+def p50_and_rps(res: dict) -> str:
+    """One overhead-and-throughput measurement, in a line."""
+    failed = res["overhead"]["keepalive"]["failed"] + res["throughput"]["failed"]
+    return (f"keep-alive p50 {res['overhead']['keepalive']['p50_ms']:.3f} ms, /tiny "
+            f"{res['throughput']['rps']:.0f} req/s (failed {failed})")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))

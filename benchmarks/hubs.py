@@ -19,16 +19,12 @@ benchmarks/README.md ("Several hubs").
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import heapq
 import json
-import os
 import random
 import re
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -504,14 +500,7 @@ def main() -> int:
     repeat = args.repeat or (1 if args.quick else 3)
     hub_counts = sorted(set(args.hubs or SPLITS))
     rows = [(h, label) for h in hub_counts for label, _ in SPLITS[h]]
-    # Run this working tree's pothead, whatever an install last linked.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    atexit.register(bench.stop_all)
-    signal.signal(signal.SIGTERM, bench._on_signal)
-    signal.signal(signal.SIGINT, bench._on_signal)
-    workroot = Path(tempfile.mkdtemp(prefix="pothead-hubs-"))
-    print(f"# work dir (logs): {workroot}; python {sys.executable}", flush=True)
+    workroot = bench.standalone_run("hubs")
     measured = "working tree"
     if args.rev:
         # A commit, not the working tree others may be editing meanwhile.

@@ -31,15 +31,9 @@ percent, and the throughput ratio.  Every process is stopped by its PID.
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import os
 import random
-import signal
 import sys
-import tempfile
 import threading
-import time
 import timeit
 import urllib.request
 from pathlib import Path
@@ -50,7 +44,7 @@ REPO = HERE.parent
 sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
-from bench import FULL, HOST, QUICK, Pothead, free_port, m_overhead, m_throughput, med  # noqa: E402
+from bench import HOST, Pothead, free_port, med  # noqa: E402
 
 
 def bookkeeping(rounds: int, calls: int) -> dict[str, float]:
@@ -121,6 +115,21 @@ class Admin(Pothead):
         self.admin = free_port()
         return ["--admin", f"tcp:{self.admin}:interface={HOST}"]
 
+    def start(self) -> "Admin":
+        super().start()
+        self.scraper = Scraper(self.admin)
+        self.scraper.start()
+        return self
+
+    def stop(self) -> None:
+        scraper = getattr(self, "scraper", None)
+        if scraper is not None:
+            scraper.done.set()
+            scraper.join(10)
+        super().stop()
+        if scraper is not None and not scraper.scrapes:
+            raise RuntimeError("the admin port was never scraped while measured")
+
 
 class Scraper(threading.Thread):
     """Read /metrics and /status.json every second until stopped."""
@@ -139,35 +148,9 @@ class Scraper(threading.Thread):
             self.scrapes += 1
 
 
-def measure(cls, workdir: Path, cfg: dict) -> dict:
-    system = cls(workdir, cfg["slots"])
-    scraper = None
-    try:
-        system.start()
-        if cls is Admin:
-            scraper = Scraper(system.admin)
-            scraper.start()
-        result = {"overhead": m_overhead(system, cfg), "throughput": m_throughput(system, cfg)}
-        if scraper is not None:
-            scraper.done.set()
-            scraper.join(10)
-            result["scrapes"] = scraper.scrapes
-        return result
-    finally:
-        if scraper is not None:
-            scraper.done.set()
-        system.stop()
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description="the cost of the hub's metrics and --admin")
-    parser.add_argument("--quick", action="store_true", help="smoke pass: few requests, 1 repeat")
-    parser.add_argument("--repeat", type=int, default=None, help="repeats (default 5; 1 with --quick)")
-    args = parser.parse_args()
-    cfg = QUICK if args.quick else FULL
-    repeat = args.repeat or (1 if args.quick else 5)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
+    args, cfg, repeat, workroot = bench.quick_or_full(
+        "the cost of the hub's metrics and --admin", "metrics")
     sys.path.insert(0, str(REPO))
 
     print("# per-call bookkeeping (ns per call, median of interleaved rounds)", flush=True)
@@ -177,42 +160,14 @@ def main() -> int:
     print(f"  Histogram.observe / Distribution.observe: "
           f"{ns['prometheus Histogram.observe'] / ns['Distribution.observe']:.1f}x")
 
-    atexit.register(bench.stop_all)
-    signal.signal(signal.SIGTERM, bench._on_signal)
-    signal.signal(signal.SIGINT, bench._on_signal)
-    workroot = Path(tempfile.mkdtemp(prefix="pothead-metrics-"))
-    print(f"# work dir (logs): {workroot}", flush=True)
-    results: dict[str, list[dict]] = {"pothead": [], "admin": []}
-    systems = {"pothead": Pothead, "admin": Admin}
-    started = time.monotonic()
-    for rep in range(repeat):
-        order = ["pothead", "admin"] if rep % 2 == 0 else ["admin", "pothead"]
-        for name in order:
-            workdir = workroot / f"r{rep}-{name}"
-            workdir.mkdir()
-            res = measure(systems[name], workdir, cfg)
-            results[name].append(res)
-            print(f"[{rep + 1}/{repeat}] {name:7s} keep-alive p50 "
-                  f"{res['overhead']['keepalive']['p50_ms']:.3f} ms, /tiny "
-                  f"{res['throughput']['rps']:.0f} req/s "
-                  f"(failed {res['overhead']['keepalive']['failed'] + res['throughput']['failed']}"
-                  + (f", {res['scrapes']} scrapes" if "scrapes" in res else "") + ")",
-                  flush=True)
-    p50 = {k: med([r["overhead"]["keepalive"]["p50_ms"] for r in v]) for k, v in results.items()}
-    rps = {k: med([r["throughput"]["rps"] for r in v]) for k, v in results.items()}
-    print()
-    print(f"--admin (scraped every second) vs none, {cfg['slots']} slots, median of {repeat} "
-          f"({time.monotonic() - started:.0f} s, {bench.machine()['cpus']} CPUs):")
-    added = p50["admin"] - p50["pothead"]
-    print(f"  keep-alive p50: without {p50['pothead']:.3f} ms, with {p50['admin']:.3f} ms: "
-          f"added {added:+.3f} ms ({added / p50['pothead'] * 100:+.1f} %)")
-    print(f"  /tiny throughput: without {rps['pothead']:.0f} req/s, with {rps['admin']:.0f} req/s: "
-          f"ratio {rps['admin'] / rps['pothead']:.3f}")
+    results = bench.one_against_another(
+        {"without": Pothead, "--admin": Admin}, cfg, repeat, workroot,
+        "--admin (scraped every second) vs none")
     # The hub's CPU per request in this run, and the share of it the
     # per-job bookkeeping measured above takes: a figure the machine's
     # noise does not swamp, as it does the two systems' difference.
     hub_us = med([r["throughput"]["cpu_pct"]["hub"] / 100 / r["throughput"]["rps"] * 1e6
-                  for r in results["pothead"]])
+                  for r in results["without"]])
     job_us = (ns["PoolMetrics.finished (per job)"] + ns["Job._timing (per job)"]) / 1000
     print(f"  the hub's CPU per /tiny request: {hub_us:.0f} us; counting a job and its "
           f"Server-Timing: {job_us:.2f} us ({job_us / hub_us * 100:.1f} %)")

@@ -25,12 +25,8 @@ ratio of one pool's p99 to the pools'.  Every process is stopped by its PID.
 from __future__ import annotations
 
 import argparse
-import atexit
-import os
 import random
-import signal
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -137,26 +133,19 @@ def main() -> int:
     args = parser.parse_args()
     repeat = args.repeat or (1 if args.quick else 3)
     seconds = args.seconds or (6.0 if args.quick else 20.0)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    atexit.register(bench.stop_all)
-    signal.signal(signal.SIGTERM, bench._on_signal)
-    signal.signal(signal.SIGINT, bench._on_signal)
-    workroot = Path(tempfile.mkdtemp(prefix="pothead-pools-"))
-    print(f"# work dir (logs): {workroot}", flush=True)
-    results: dict[str, list[dict]] = {"pools": [], "one-pool": []}
+    workroot = bench.standalone_run("pools")
     started = time.monotonic()
-    for rep in range(repeat):
-        order = [True, False] if rep % 2 == 0 else [False, True]
-        for pooled in order:
-            name = "pools" if pooled else "one-pool"
-            workdir = workroot / f"r{rep}-{name}"
-            workdir.mkdir()
-            res = measure(pooled, workdir, seed=rep, seconds=seconds)
-            results[name].append(res)
-            print(f"[{rep + 1}/{repeat}] {name:8s} " + "  ".join(
-                f"{s} p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms ({r['n']}, failed {r['failed']})"
-                for s, r in res.items()), flush=True)
+    # The same seeded arrivals for both systems in a repeat, new ones in
+    # the next: the seed is the repeat's number, counted here.
+    repeats = {name: iter(range(repeat)) for name in ("pools", "one-pool")}
+    results = bench.take_turns(
+        {name: lambda workdir, name=name: measure(
+            name == "pools", workdir, seed=next(repeats[name]), seconds=seconds)
+         for name in repeats},
+        repeat, workroot,
+        lambda res: "  ".join(
+            f"{s} p50 {r['p50_ms']:.0f} p99 {r['p99_ms']:.0f} ms ({r['n']}, failed {r['failed']})"
+            for s, r in res.items()))
     print()
     print(f"three services, {seconds:g} s of mixed load, median of {repeat} "
           f"({time.monotonic() - started:.0f} s, {bench.machine()['cpus']} CPUs):")

@@ -20,14 +20,10 @@ threads, from the medians over the repeats.  See benchmarks/README.md
 from __future__ import annotations
 
 import argparse
-import atexit
 import datetime
 import http.client
 import json
-import os
-import signal
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -226,14 +222,7 @@ def main() -> int:
     args.duration = args.duration or (3.0 if args.quick else 12.0)
     args.warmup = args.warmup if args.warmup is not None else (1.0 if args.quick else 2.0)
     args.render = args.render or (QUICK_RENDER if args.quick else RENDER)
-    # Run this working tree's pothead, whatever an install last linked.
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    atexit.register(bench.stop_all)
-    signal.signal(signal.SIGTERM, bench._on_signal)
-    signal.signal(signal.SIGINT, bench._on_signal)
-    workroot = Path(tempfile.mkdtemp(prefix="pothead-processes-"))
-    print(f"# work dir (logs): {workroot}; python {sys.executable}", flush=True)
+    workroot = bench.standalone_run("processes")
     t_all = time.monotonic()
     runs: list[dict] = []
     names = list(CONFIGS)

@@ -17,13 +17,7 @@ throughput ratio.  Every process is stopped by its PID.
 
 from __future__ import annotations
 
-import argparse
-import atexit
-import os
-import signal
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,15 +27,10 @@ sys.path.insert(0, str(HERE))
 import bench  # noqa: E402
 import use_venv  # noqa: E402, F401  (re-executes with the venv's Python if need be)
 from bench import (  # noqa: E402
-    FULL,
     HOST,
     PY,
-    QUICK,
     Pothead,
     free_port,
-    m_overhead,
-    m_throughput,
-    med,
     wait_port,
 )
 
@@ -65,53 +54,11 @@ class Sidecar(Pothead):
         return ["--upstream", f"http://{HOST}:{self.upstream}"]
 
 
-def measure(cls, workdir: Path, cfg: dict) -> dict:
-    system = cls(workdir, cfg["slots"])
-    try:
-        system.start()
-        return {"overhead": m_overhead(system, cfg), "throughput": m_throughput(system, cfg)}
-    finally:
-        system.stop()
-
-
 def main() -> int:
-    parser = argparse.ArgumentParser(description="sidecar worker (gunicorn behind it) vs --app")
-    parser.add_argument("--quick", action="store_true", help="smoke pass: few requests, 1 repeat")
-    parser.add_argument("--repeat", type=int, default=None, help="repeats (default 5; 1 with --quick)")
-    args = parser.parse_args()
-    cfg = QUICK if args.quick else FULL
-    repeat = args.repeat or (1 if args.quick else 5)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
-    atexit.register(bench.stop_all)
-    signal.signal(signal.SIGTERM, bench._on_signal)
-    signal.signal(signal.SIGINT, bench._on_signal)
-    workroot = Path(tempfile.mkdtemp(prefix="pothead-sidecar-"))
-    print(f"# work dir (logs): {workroot}", flush=True)
-    results: dict[str, list[dict]] = {"app": [], "sidecar": []}
-    systems = {"app": Pothead, "sidecar": Sidecar}
-    started = time.monotonic()
-    for rep in range(repeat):
-        order = ["app", "sidecar"] if rep % 2 == 0 else ["sidecar", "app"]
-        for name in order:
-            workdir = workroot / f"r{rep}-{name}"
-            workdir.mkdir()
-            res = measure(systems[name], workdir, cfg)
-            results[name].append(res)
-            print(f"[{rep + 1}/{repeat}] {name:7s} keep-alive p50 "
-                  f"{res['overhead']['keepalive']['p50_ms']:.3f} ms, /tiny "
-                  f"{res['throughput']['rps']:.0f} req/s "
-                  f"(failed {res['overhead']['keepalive']['failed'] + res['throughput']['failed']})",
-                  flush=True)
-    p50 = {k: med([r["overhead"]["keepalive"]["p50_ms"] for r in v]) for k, v in results.items()}
-    rps = {k: med([r["throughput"]["rps"] for r in v]) for k, v in results.items()}
-    print()
-    print(f"sidecar vs --app, {cfg['slots']} slots, median of {repeat} "
-          f"({time.monotonic() - started:.0f} s, {bench.machine()['cpus']} CPUs):")
-    print(f"  keep-alive p50: --app {p50['app']:.3f} ms, sidecar {p50['sidecar']:.3f} ms: "
-          f"added {p50['sidecar'] - p50['app']:+.3f} ms (ratio {p50['sidecar'] / p50['app']:.2f})")
-    print(f"  /tiny throughput: --app {rps['app']:.0f} req/s, sidecar {rps['sidecar']:.0f} req/s: "
-          f"ratio {rps['sidecar'] / rps['app']:.2f}")
+    _, cfg, repeat, workroot = bench.quick_or_full(
+        "sidecar worker (gunicorn behind it) vs --app", "sidecar")
+    bench.one_against_another({"--app": Pothead, "sidecar": Sidecar}, cfg, repeat, workroot,
+                              "sidecar vs --app")
     return 0
 
 

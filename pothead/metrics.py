@@ -70,10 +70,7 @@ def counter(
     A counter family (C{name} without C{_total}, which Prometheus adds) of
     C{(label values, value)} pairs.
     """
-    family = CounterMetricFamily(name, documentation, labels=labels)
-    for values, value in series:
-        family.add_metric(values, value)
-    return family
+    return _family(CounterMetricFamily(name, documentation, labels=labels), series)
 
 
 def gauge(
@@ -81,10 +78,7 @@ def gauge(
     series: Iterable[tuple[Sequence[str], float]],
 ) -> GaugeMetricFamily:
     """A gauge family of C{(label values, value)} pairs."""
-    family = GaugeMetricFamily(name, documentation, labels=labels)
-    for values, value in series:
-        family.add_metric(values, value)
-    return family
+    return _family(GaugeMetricFamily(name, documentation, labels=labels), series)
 
 
 def histogram(
@@ -92,7 +86,13 @@ def histogram(
     series: Iterable[tuple[Sequence[str], Distribution]],
 ) -> HistogramMetricFamily:
     """A histogram family of C{(label values, distribution)} pairs."""
-    family = HistogramMetricFamily(name, documentation, labels=labels)
-    for values, distribution in series:
-        family.add_metric(values, distribution.cumulative(), distribution.sum)
+    return _family(HistogramMetricFamily(name, documentation, labels=labels), (
+        (values, distribution.cumulative(), distribution.sum)
+        for values, distribution in series))
+
+
+def _family(family, series: Iterable[tuple]):
+    """C{family} with a sample for each of C{series}' label values and values."""
+    for values, *value in series:
+        family.add_metric(values, *value)
     return family

@@ -479,7 +479,7 @@ def test_children_get_the_parents_options():
     options.parseOptions([
         "--app", "pothead.demo:app", "--processes", "2", "--slots", "3", "--hub", "tcp:h:1",
         "--hub", "tcp:h:2", "--spread", "even", "--max-jobs", "9", "--admission", "cpu:1,max=4",
-        "--drain-timeout", "7",
+        "--drain-timeout", "7", "--pool", "thumbs", "--pool", "models",
     ])
     service = worker_tap.makeService(options)
     assert isinstance(service, ProcessSupervisor) and len(service.children) == 2
@@ -489,9 +489,9 @@ def test_children_get_the_parents_options():
         "-n", "--pidfile=", "-l", "-", "pothead-worker",
         "--app=pothead.demo:app", "--upstream-wait=30.0", f"--app-dir={os.path.abspath('.')}",
         "--spread=even",
-        "--slots=3", "--admission=cpu:1,max=4", "--pool=default", "--attach-timeout=10.0",
+        "--slots=3", "--admission=cpu:1,max=4", "--attach-timeout=10.0",
         "--drain-timeout=7.0", "--resolve-interval=5.0",
-        "--hub=tcp:h:1", "--hub=tcp:h:2", "--max-jobs=9",
+        "--hub=tcp:h:1", "--hub=tcp:h:2", "--pool=thumbs", "--pool=models", "--max-jobs=9",
     ]
     assert service._share_admission
 
