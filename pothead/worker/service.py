@@ -21,6 +21,7 @@ from twisted.internet.defer import CancelledError, Deferred, gatherResults
 from twisted.internet.endpoints import clientFromString
 from twisted.internet.interfaces import IHostnameResolver, IStreamClientEndpoint
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -339,6 +340,7 @@ class HubOffers(MultiService):
         :param metrics: counts the failures to connect to the hub.
         """
         super().__init__()
+        self._clock = reactor
         self._offers = [_Offer(slot) for slot in slots]
         if metrics is not None:
             hub = _Counted(hub, metrics)
@@ -365,6 +367,10 @@ class HubOffers(MultiService):
             offer.client.drain() for offer in self._offers
             if offer.client is not None and offer.client.connected_now
         ])
+        # The last drain ends as its connection is lost, inside that
+        # ClientService's own transition, which may not be re-entered:
+        # stop them from the next turn of the reactor.
+        await deferLater(self._clock, 0, lambda: None)
         await self.stopService()
         self.disownServiceParent()
 
