@@ -283,4 +283,5 @@ def test_json_log_format(tmp_path, started):
     assert (access[0]["method"], access[0]["target"], access[0]["status"]) == (
         "GET", "/nobody-serves", 503)
     assert access[0]["worker"] is None and access[0]["queue_seconds"] >= 0.2
+    assert access[0]["pool"] == "default"
     assert access[0]["level"] == "info"

@@ -72,12 +72,13 @@ class AccessLog:
     One line per answered request, in the combined log format twisted.web
     and most log tools read (client address, time, request line, status,
     body bytes sent, referrer and user agent), followed by where the time
-    went: C{queue=SECONDS worker=SECONDS worker_name="NAME"} (C{-} where
-    no worker took the job).
+    went and where it went: C{queue=SECONDS worker=SECONDS
+    worker_name="NAME" pool=NAME} (C{-} where no worker took the job, or
+    no pool had it).
 
     To the twistd log, each line is an event that also carries those
     values as fields (C{client}, C{method}, C{target}, C{status},
-    C{bytes}, C{queue_seconds}, C{worker_seconds}, C{worker}), which
+    C{bytes}, C{queue_seconds}, C{worker_seconds}, C{worker}, C{pool}), which
     C{--log-format json} writes out for log shippers.
 
     :param write: called with each line, or L{None} for no log at all.
