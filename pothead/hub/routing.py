@@ -170,12 +170,18 @@ class Router:
     def __init__(self, specs: list[PoolSpec], default: str | None) -> None:
         self._specs = specs
         self._default = default
+        # One pool for every host and path (the hub without --pool): no
+        # request needs looking at.
+        only = specs[0] if len(specs) == 1 else None
+        self._everything = only if only and not only.hosts and only.prefix == "/" else None
 
     def route(self, host: bytes | None, target: bytes) -> PoolSpec | None:
         """
         The pool for a request to C{host} (its ``Host`` value, port and all)
         and C{target} (origin form), or L{None}: no pool serves it.
         """
+        if self._everything is not None:
+            return self._everything
         name = _host_name(host)
         path = target.split(b"?", 1)[0].decode("latin-1")
         best = None
