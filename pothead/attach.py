@@ -66,6 +66,21 @@ DETACH_NOTICE = (
 #: says nothing about the job.
 OFFER_HEADER = b"Pothead-Offer"
 
+#: The value of L{OFFER_HEADER} on the detach notice of a draining worker:
+#: a job it answers goes back to the head of the line, counted as
+#: requeued by a drain and not as handed back (a worker stopping says
+#: nothing about the job).  A hub that does not know it takes the notice
+#: as a plain requeue signal.
+DRAINING = b"draining"
+
+#: The detach notice of a draining worker.
+DRAIN_NOTICE = (
+    b"HTTP/1.1 503 Service Unavailable\r\n"
+    + REQUEUE_HEADER
+    + b": 1\r\n" + OFFER_HEADER + b": " + DRAINING
+    + b"\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+)
+
 #: The detach notice of a slot withdrawn for another hub's job.
 WITHDRAW_NOTICE = (
     b"HTTP/1.1 503 Service Unavailable\r\n"

@@ -22,7 +22,7 @@ from twisted.internet.testing import StringTransport
 from twisted.internet.threads import deferToThread
 from twisted.python.failure import Failure
 
-from pothead.attach import DETACH_NOTICE, attach_request
+from pothead.attach import DRAIN_NOTICE, attach_request
 from pothead.bidding import (
     BID_HEADER,
     HOLD_NOTICE,
@@ -479,7 +479,7 @@ def test_draining_answers_a_standing_bid_with_the_detach_notice():
     at_b.clear()
     drained = slot.drain()
     clock.advance(0)
-    assert at_b.value() == DETACH_NOTICE
+    assert at_b.value() == DRAIN_NOTICE
     assert not drained.called  # A's job is still running
     finish(pool)
     clock.advance(0)

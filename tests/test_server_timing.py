@@ -15,7 +15,9 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.error import ConnectionDone
 from twisted.python.failure import Failure
 
+from pothead.attach import DRAIN_NOTICE
 from pothead.hub.history import percentile
+from pothead.hub.job import MAX_REQUEUE_SIGNALS
 from tests.harness import GET, HubHarness, header, status
 from tests.http import Client
 from tests.loopback import start_hub
@@ -108,13 +110,16 @@ def test_requeues_and_retries_are_counted_by_reason():
         b"HTTP/1.1 503 Service Unavailable\r\nPothead-Requeue: 1\r\nPothead-Offer: withdrawn\r\n"
         b"Content-Length: 0\r\n\r\n")
     slot, worker = harness.worker()
+    slot.dataReceived(DRAIN_NOTICE)
+    slot, worker = harness.worker()
     slot.connectionLost(Failure(ConnectionDone()))
     slot, worker = harness.worker()
     slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
     assert status(consumer) == b"HTTP/1.1 200 OK"
     metrics = harness.pool.metrics
-    assert metrics.requeues == {"requeue_signal": 1, "withdrawn": 1, "lost_worker": 1}
-    assert metrics.retries == 3
+    assert metrics.requeues == {
+        "requeue_signal": 1, "withdrawn": 1, "drain": 1, "lost_worker": 1}
+    assert metrics.retries == 4
     assert metrics.responses == {(200, "worker"): 1}
 
 
@@ -177,3 +182,22 @@ async def test_server_timing_agrees_with_the_time_measured():
     (first, _), (second, _) = sorted(timings, key=lambda pair: pair[0]["queue"])
     assert first["queue"] < 0.1
     assert second["queue"] >= 0.25
+
+
+@pytest.mark.unit
+def test_a_draining_workers_notice_is_no_refusal():
+    """
+    More draining workers' notices than the requeue limit: the job keeps
+    its place and waits for a worker that stays; as many refusals are 503.
+    """
+    for notice, code in ((DRAIN_NOTICE, None), (REQUEUE, b"503")):
+        harness = HubHarness()
+        _, consumer = harness.consumer(GET)
+        for _ in range(MAX_REQUEUE_SIGNALS + 1):
+            slot, _ = harness.worker()
+            slot.dataReceived(notice)
+        if code is None:
+            assert consumer.value() == b"" and harness.pool.queued == 1
+            assert harness.pool.metrics.requeues == {"drain": MAX_REQUEUE_SIGNALS + 1}
+        else:
+            assert status(consumer).startswith(b"HTTP/1.1 503 ")

@@ -241,27 +241,30 @@ class Job:
         else:
             self._worker_failed(slot.worker, why)
 
-    def handed_back(self, withdrawn: bool = False) -> None:
+    def handed_back(self, why: str = "requeue_signal") -> None:
         """
         The worker answered with the requeue signal, unprocessed: back to
         the head of the queue, up to L{MAX_REQUEUE_SIGNALS} times, then 503.
 
-        :param withdrawn: the slot had just been taken by another hub's job
-            (late binding): that says nothing about this job, and is not
-            counted.
+        :param why: C{"requeue_signal"}: the worker refused the job;
+            C{"withdrawn"}: the slot had just been taken by another hub's
+            job (late binding); C{"drain"}: the worker is draining.  Only
+            refusals count towards the limit: the others say nothing
+            about this job.
         """
         slot, self.slot = self.slot, None
-        if not withdrawn:
+        if why == "requeue_signal":
             self._hand_backs += 1
         if self.over:
             return
         if self._hand_backs > MAX_REQUEUE_SIGNALS:
             self.unavailable(f"handed back by workers {self._hand_backs} times", "requeue_limit")
         else:
-            (_log.debug if withdrawn else _log.info)(
-                "worker {worker} handed back {request}", worker=slot.worker, request=self.what,
+            (_log.debug if why == "withdrawn" else _log.info)(
+                "worker {worker} handed back {request}{draining}", worker=slot.worker,
+                request=self.what, draining=": draining" if why == "drain" else "",
             )
-            self._requeue("withdrawn" if withdrawn else "requeue_signal")
+            self._requeue(why)
 
     def broke_off(self, why: str) -> None:
         """

@@ -17,11 +17,11 @@ from pothead.metrics import Distribution
 
 #: Why a job went back to the queue (C{pothead_requeues_total}'s C{reason}).
 #: C{requeue_signal}: the worker answered "not processed" (its app or
-#: admission refused it, or it was draining: the protocol's notice is the
-#: same); C{withdrawn}: another hub's job took the slot (late binding);
-#: C{lost_worker}: the worker's connection ended before any response byte,
-#: and the job was sent again (C{--retries}).
-REQUEUE_REASONS = ("requeue_signal", "withdrawn", "lost_worker")
+#: admission refused it); C{drain}: the worker is draining (its detach
+#: notice answered the job); C{withdrawn}: another hub's job took the slot
+#: (late binding); C{lost_worker}: the worker's connection ended before
+#: any response byte, and the job was sent again (C{--retries}).
+REQUEUE_REASONS = ("requeue_signal", "drain", "withdrawn", "lost_worker")
 
 #: Why the hub answered a job itself, or cut its consumer off
 #: (C{pothead_refusals_total}'s C{reason}; docs/operations.md's failure table).

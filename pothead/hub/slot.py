@@ -16,7 +16,7 @@ from twisted.internet.protocol import Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from pothead.attach import OFFER_HEADER, REQUEUE_HEADER
+from pothead.attach import DRAINING, OFFER_HEADER, REQUEUE_HEADER
 from pothead.bidding import HELD
 from pothead.http.client import BadResponse, ResponseHead, ResponseReader
 from pothead.http.sockets import send_now, tune_tcp
@@ -30,6 +30,18 @@ _log = Logger()
 #: gave the slot to another hub's job: the detach notice of late binding,
 #: or the hold notice of bids (L{pothead.bidding}).
 WITHDRAWN = ([b"withdrawn"], [HELD])
+
+
+def requeue_reason(head: ResponseHead) -> str:
+    """
+    Why a worker's requeue signal gave its job back
+    (L{pothead.hub.metrics.REQUEUE_REASONS}): its slot was withdrawn for
+    another hub's job, its worker is draining, or it refused the job.
+    """
+    offer = head.values(OFFER_HEADER.lower())
+    if offer in WITHDRAWN:
+        return "withdrawn"
+    return "drain" if offer == [DRAINING] else "requeue_signal"
 
 
 def is_requeue_signal(head: ResponseHead) -> bool:
@@ -77,7 +89,7 @@ class Slot(Protocol):
         self._responses = ResponseReader(self)
         self._keep_alive = False
         self._handing_back = False
-        self._withdrawn = False
+        self._handed_back_why = "requeue_signal"
         self._head: ResponseHead | None = None
         self._upload: BufferedBody | None = None
         self._closing = False
@@ -143,7 +155,7 @@ class Slot(Protocol):
             return
         self.job = None
         if self._handing_back:
-            job.handed_back(self._withdrawn)
+            job.handed_back(self._handed_back_why)
         elif self._responses.started:
             job.broke_off(reason.getErrorMessage())
         else:
@@ -246,7 +258,7 @@ class Slot(Protocol):
         self._keep_alive = head.keep_alive
         if is_requeue_signal(head):
             self._handing_back = True
-            self._withdrawn = head.values(OFFER_HEADER.lower()) in WITHDRAWN
+            self._handed_back_why = requeue_reason(head)
             return
         # Relayed once the rest of this read has parsed: a body that is
         # malformed from its first byte is then still the hub's own 502.
@@ -287,7 +299,7 @@ class Slot(Protocol):
             # this slot closes, and the worker reattaches when it is.
             if not self._closing and self.connected:
                 self._close()
-            job.handed_back(self._withdrawn)
+            job.handed_back(self._handed_back_why)
         else:
             self.served += 1
             self._answered(job)

@@ -21,6 +21,7 @@ from pothead.address import host_port
 from pothead.attach import (
     BIDS_HEADER,
     DETACH_NOTICE,
+    DRAIN_NOTICE,
     UPGRADE_TOKENS,
     WITHDRAW_NOTICE,
     HeadReceiver,
@@ -195,7 +196,7 @@ class AttachClient(HeadReceiver):
         # A hub that speaks bids is held, not detached, if the slot was
         # taken meanwhile (it bids first, and is answered "hold").
         if self._draining or not (self.bids or self.factory.free_for(self)):
-            notice = DETACH_NOTICE if self._draining else WITHDRAW_NOTICE
+            notice = DRAIN_NOTICE if self._draining else WITHDRAW_NOTICE
             # The hub counts this slot as attached already and may have sent
             # it a job: answer that with the detach notice, never a reset.
             # (Taken by another hub's job meanwhile, the slot is offered
@@ -415,7 +416,7 @@ class AttachClient(HeadReceiver):
         # The slot's, not this connection's: the call may outlive it.
         self.factory.app_call_ended()
 
-    def _detach(self, notice: bytes = DETACH_NOTICE) -> None:
+    def _detach(self, notice: bytes | None = None) -> None:
         # The notice is a requeue signal: should the hub have sent a request
         # at this very moment, it takes the notice as that request's answer
         # and gives the request to another slot.  Half-closing, not closing,
@@ -424,6 +425,8 @@ class AttachClient(HeadReceiver):
         if self._detached:
             return
         self._detached = True
+        if notice is None:
+            notice = DRAIN_NOTICE if self._draining else DETACH_NOTICE
         self.transport.write(notice)
         # A TLS transport sends what it was given on the next reactor turn;
         # half-close after that, or the close would overtake the notice.
