@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from typing import IO
 
-from twisted.logger import ILogObserver, LogEvent, formatEvent, jsonFileLogObserver
+from twisted.logger import ILogObserver, LogEvent, eventAsText, jsonFileLogObserver
 from twisted.python import usage
 from twisted.python.components import Componentized
 from zope.interface import provider
@@ -33,14 +33,16 @@ def json_observer(out: IO[str]) -> ILogObserver:
     """
     An observer writing each event to C{out} as a line of JSON: its
     fields as C{twisted.logger} serializes them, plus C{text}, the event's
-    message as the text log would write it, and C{level}, its level's name.
+    message as the text log would write it (a failure's traceback
+    included), and C{level}, its level's name.
     """
     write = jsonFileLogObserver(out, recordSeparator="")
 
     @provider(ILogObserver)
     def observe(event: LogEvent) -> None:
         level = event.get("log_level")
-        write({**event, "text": formatEvent(event), "level": level.name if level else None})
+        text = eventAsText(event, includeTimestamp=False, includeSystem=False)
+        write({**event, "text": text, "level": level.name if level else None})
 
     return observe
 

@@ -18,6 +18,7 @@ from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
 from pothead.attach import attach_request
+from pothead.bidding import HOLD, TAKE, bid_answer, verdict_notice
 from pothead.hub.admin import pool_status
 from pothead.hub.routing import (
     PoolSpec,
@@ -26,7 +27,6 @@ from pothead.hub.routing import (
     check_pools,
     parse_pool,
     parse_pools_file,
-    stripped,
 )
 from tests.harness import HubHarness, status, wait_for
 from tests.http import Client
@@ -87,13 +87,18 @@ def test_no_default_means_no_pool():
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("target, prefix, rest", [
-    (b"/api/x?q=1", "/api", b"/x?q=1"),
-    (b"/api", "/api", b"/"),
-    (b"/api?q", "/api", b"/?q"),
+@pytest.mark.parametrize("spec, target, rest", [
+    ("api:prefix=/api:strip", b"/api/x?q=1", b"/x?q=1"),
+    ("api:prefix=/api:strip", b"/api", b"/"),
+    ("api:prefix=/api:strip", b"/api?q", b"/?q"),
+    ("api:prefix=/api:strip", b"/api/", b"/"),
+    ("api:prefix=/api", b"/api/x", None),
+    # The default pool gets what no pool matches: as it came.
+    ("default:prefix=/app:strip", b"/xyzzy/page?q=1", None),
+    ("default:prefix=/app:strip", b"/application", None),
 ])
-def test_strip(target, prefix, rest):
-    assert stripped(target, prefix) == rest
+def test_strip(spec, target, rest):
+    assert parse_pool(spec).worker_target(target) == rest
 
 
 @pytest.mark.unit
@@ -264,6 +269,8 @@ def test_pool_limits_are_the_hubs_unless_set():
     a, b = harness.hub.pools["a"], harness.hub.pools["b"]
     assert (a.limits.max_queue, a.limits.request_timeout) == (3, 9)
     assert (b.limits.max_queue, b.limits.request_timeout) == (7, 9)
+    assert pool_status(a, 0)["limits"] == {
+        "max_queue": 3, "queue_timeout_seconds": 60.0, "request_timeout_seconds": 9}
 
 
 def answering(text: bytes):
@@ -407,3 +414,39 @@ def test_status_shows_each_slots_pools_and_hubs():
     assert pool_status(b, 0)["slots"][0]["job"]["path"] == "/b/1"
     assert pool_status(a, 0)["slots"][0]["state"] == "elsewhere"
     assert pool_status(a, 0)["slots"][0]["job"] is None
+
+
+@pytest.mark.unit
+def test_a_bidding_slot_of_two_pools_hears_of_every_job():
+    """
+    A slot of two pools offered to several hubs (it bids): held with
+    nothing to bid, it hears of a job queued in either pool, each time,
+    and takes it once its worker says so.
+    """
+    harness = HubHarness(pools=[parse_pool("a:prefix=/a"), parse_pool("b:prefix=/b")])
+    protocol = harness.workers.buildProtocol(None)
+    worker = StringTransport()
+    protocol.makeConnection(worker)
+    protocol.dataReceived(attach_request("hub", ["a", "b"], None, "w", offered_to=2))
+    assert b"Pothead-Bids: 1" in worker.value()
+    answers = []
+    for number, path in enumerate([b"/a/1", b"/b/1", b"/a/2"]):
+        worker.clear()
+        # Held, with no job to bid for: the slot waits out of line.
+        protocol.dataReceived(verdict_notice(HOLD) if number else bid_answer_bytes(HOLD))
+        assert worker.value() == b""
+        _, consumer = harness.consumer(request(b"h", path))
+        assert worker.value().startswith(b"OPTIONS * HTTP/1.1\r\n"), worker.value()
+        worker.clear()
+        protocol.dataReceived(bid_answer_bytes(TAKE))
+        assert worker.value().startswith(b"GET " + path + b" HTTP/1.1\r\n")
+        protocol.dataReceived(OK)
+        answers.append(status(consumer))
+    assert answers == [b"HTTP/1.1 200 OK"] * 3
+
+
+def bid_answer_bytes(answer: bytes) -> bytes:
+    """A worker's response to a bid, on the wire."""
+    code, phrase, headers, body = bid_answer(answer)
+    fields = b"".join(b"%s: %s\r\n" % pair for pair in headers)
+    return b"HTTP/1.1 %d %s\r\n%sContent-Length: 0\r\n\r\n" % (code, phrase, fields)

@@ -201,3 +201,38 @@ def test_a_draining_workers_notice_is_no_refusal():
             assert harness.pool.metrics.requeues == {"drain": MAX_REQUEUE_SIGNALS + 1}
         else:
             assert status(consumer).startswith(b"HTTP/1.1 503 ")
+
+
+@pytest.mark.unit
+def test_time_back_in_line_is_queue_time():
+    """
+    A job a worker handed back after 0.2 s, then left waiting until its
+    queue timeout: all 10.2 s were queue time, and no worker served it.
+    """
+    harness = HubHarness(queue_timeout=10)
+    _, consumer = harness.consumer(GET)
+    slot, _ = harness.worker()
+    harness.clock.advance(0.2)
+    slot.dataReceived(REQUEUE)
+    harness.clock.advance(10)
+    assert header(consumer, b"Server-Timing") == b'queue;dur=10200.0;desc="queue_timeout"'
+    metrics = harness.pool.metrics
+    assert metrics.queue_wait.sum == pytest.approx(10.2)
+    assert metrics.worker_time.count == 0
+
+
+@pytest.mark.unit
+def test_a_consumer_the_hub_cut_off_did_not_leave():
+    """
+    A stalled response: the hub cuts the consumer off, counted as stalled,
+    not as a consumer that left.
+    """
+    harness = HubHarness(stall_timeout=5)
+    slot, _ = harness.worker()
+    channel, consumer = harness.consumer(GET)
+    slot.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf")
+    harness.clock.advance(5)
+    assert consumer.disconnecting or consumer.disconnected
+    channel.connectionLost(Failure(ConnectionDone()))
+    metrics = harness.pool.metrics
+    assert (dict(metrics.refusals), dict(metrics.left)) == ({"stalled": 1}, {})

@@ -83,7 +83,8 @@ class HubCollector(Collector):
         yield counter(
             "pothead_responses", "Jobs answered, by status code and by who answered.",
             ["pool", "code", "source"],
-            (([name, str(code), source], count) for name, m in metrics.items()
+            (([name, str(code) if code else "other", source], count)
+             for name, m in metrics.items()
              for (code, source), count in sorted(m.responses.items())))
         yield counter(
             "pothead_refusals",
@@ -166,11 +167,18 @@ def pool_status(pool: Pool, now: float) -> dict:
             }
         slots.append(entry)
     waited = pool.head_waited()
+    limits = pool.limits
     return {
         "queued": pool.queued,
         "oldest_age_seconds": round(waited, 3) if waited is not None else None,
         "idle": pool.idle,
         "slots": slots,
+        # The pool's own: the hub's, but for those its --pool sets.
+        "limits": {
+            "max_queue": limits.max_queue,
+            "queue_timeout_seconds": limits.queue_timeout,
+            "request_timeout_seconds": limits.request_timeout,
+        },
     }
 
 

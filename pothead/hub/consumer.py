@@ -19,7 +19,7 @@ from pothead.hub.job import Job
 from pothead.hub.limits import Limits
 from pothead.hub.metrics import HubMetrics
 from pothead.hub.pool import Pool
-from pothead.hub.routing import Router, stripped
+from pothead.hub.routing import Router
 from pothead.hub.tally import Tally
 
 
@@ -127,8 +127,8 @@ class ConsumerFactory(Factory):
                            b"Nothing is served here.\n")
             return
         pool = self.pools[route.name]
-        target = stripped(head.target, route.prefix) if route.strip else None
-        request.job = Job(request, pool, self.clock, pool.limits, self.server_timing, target)
+        request.job = Job(request, pool, self.clock, pool.limits, self.server_timing,
+                          route.worker_target(head.target))
         request.job.queue()
 
     def answered(self, request: ConsumerRequest) -> None:

@@ -70,8 +70,9 @@ class Job:
         requeue does not reset.
     :ivar requeued: whether it was put back at the head of the queue.
     :ivar waited: whether it joined the queue (it was not refused at once).
-    :ivar taken_at: when a slot last took it, or L{None}.
-    :ivar worker: the name of the worker that last took it, or L{None}.
+    :ivar taken_at: when the slot that has it took it, or L{None} while
+        queued (a requeue resets it).
+    :ivar worker: the name of that slot's worker, or L{None}.
     :ivar worker_done_at: when the worker's response was all read, or L{None}.
     :ivar answered_by: C{"worker"} once a worker's response is relayed,
         C{"hub"} while the hub answers itself.
@@ -204,6 +205,9 @@ class Job:
         """
         self.pool.metrics.requeues[reason] += 1
         self.slot = None
+        # Back in line, it is waiting again: until another slot takes it,
+        # its time is queue time, and no worker has it.
+        self.taken_at = self.worker = None
         self.requeued = True
         self._settle()
         self._wait_in_line()
@@ -215,7 +219,7 @@ class Job:
         """
         self.slot = slot
         now = self._clock.seconds()
-        if self.taken_at is not None:
+        if self.requeued:
             self.pool.metrics.retries += 1
         self.taken_at = now
         self.worker = slot.worker
@@ -375,8 +379,11 @@ class Job:
 
         Queued, the job leaves the line, so no worker ever sees it; being
         served, the worker connection is dropped, so the rest of the
-        response can never reach the next job's consumer.
+        response can never reach the next job's consumer.  A consumer the
+        hub cut off itself (L{abort}) did not leave: that was dealt with.
         """
+        if self.gone:
+            return
         self.gone = True
         self._settle()
         if self.slot is None:

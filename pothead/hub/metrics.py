@@ -108,17 +108,22 @@ class PoolMetrics:
         """
         C{job}'s consumer has its whole answer, at C{now}.
         """
+        # The hub's clock is the wall clock: a step back (NTP) must not
+        # make a negative duration.
         taken = job.taken_at
         if job.waited:
-            waited = (now if taken is None else taken) - job.queued_at
+            waited = max(0.0, (now if taken is None else taken) - job.queued_at)
             self.queue_wait.observe(waited)
             recent = self.recent_waits
             if recent is not None and len(recent) < RECENT_WAITS:
                 recent.append(waited)
         if taken is not None:
-            self.worker_time.observe((job.worker_done_at or now) - taken)
-        self.total_time.observe(now - job.queued_at)
-        self.responses[job.code, job.answered_by] += 1
+            self.worker_time.observe(max(0.0, (job.worker_done_at or now) - taken))
+        self.total_time.observe(max(0.0, now - job.queued_at))
+        code = job.code
+        # A worker may answer any three-digit status: those HTTP does not
+        # define are counted together, so the label stays bounded.
+        self.responses[code if 100 <= code < 600 else 0, job.answered_by] += 1
         self.received_bytes += job.body_length or 0
         self.sent_bytes += job.sent
 

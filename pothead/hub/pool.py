@@ -220,8 +220,11 @@ class Pool(Generic[Q]):
             metrics.queued_peak = len(self._line)
 
     def _tell_watching(self) -> None:
+        # Emptied in place, never replaced: a slot of several pools
+        # (L{pothead.hub.pool_group}) holds this very set.
         if self.watching:
-            watching, self.watching = self.watching, set()
+            watching = list(self.watching)
+            self.watching.clear()
             for slot in watching:
                 slot.job_queued()
 

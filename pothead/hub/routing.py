@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 #: metrics and logs call it.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}\Z")
 
-#: A host a pool serves: a name (or ``*.`` and a suffix), no port.
-_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?\Z"
-                   r"|\[[0-9a-f:.]+\]\Z")
+#: A host a pool serves: a name or IPv4 address (or ``*.`` and a suffix),
+#: no port.  (An IPv6 literal cannot be written: ``:`` separates options.)
+_HOST = re.compile(r"(\*\.)?[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*\.?\Z")
 
 #: The limits a pool may set for itself, by option name: each is the hub's
 #: unless set (L{pothead.hub.limits.Limits} field, and its type).
@@ -53,6 +53,18 @@ class PoolSpec:
     prefix: str = "/"
     strip: bool = False
     limits: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def worker_target(self, target: bytes) -> bytes | None:
+        """
+        The request target its worker is sent for C{target}, if not that:
+        without the prefix, when the pool strips it and C{target} is under
+        it (a request that reached the pool named default because no pool
+        matched it is sent as it came).
+        """
+        if not self.strip or not _under(_path(target), self.prefix):
+            return None
+        rest = target[len(self.prefix.encode("latin-1")):]
+        return rest if rest.startswith(b"/") else b"/" + rest
 
 
 def parse_pool(text: str) -> PoolSpec:
@@ -183,7 +195,7 @@ class Router:
         if self._everything is not None:
             return self._everything
         name = _host_name(host)
-        path = target.split(b"?", 1)[0].decode("latin-1")
+        path = _path(target)
         best = None
         best_rank: tuple = ()
         for spec in self._specs:
@@ -221,10 +233,9 @@ def _host_match(hosts: tuple[str, ...], name: str) -> tuple[int, int] | None:
     return best
 
 
-def stripped(target: bytes, prefix: str) -> bytes:
-    """C{target} without C{prefix} (which it is under): C{/api/x?q} to C{/x?q}."""
-    rest = target[len(prefix.encode("latin-1")):]
-    return rest if rest.startswith(b"/") else b"/" + rest
+def _path(target: bytes) -> str:
+    """The path of an origin-form target, as sent (not percent-decoded)."""
+    return target.split(b"?", 1)[0].decode("latin-1")
 
 
 def _under(path: str, prefix: str) -> bool:

@@ -618,8 +618,7 @@ class WorkerSlot(Factory):
         """
         if self._app_calls:
             return "busy"
-        # A copy first: this is read by scrapes, in another thread.
-        states = {client.state for client in tuple(self.clients)}
+        states = {client.state for client in self.clients}
         for state in ("idle", "attaching", "waiting_admission"):
             if state in states:
                 return state

@@ -11,17 +11,11 @@ an app call reaches the reactor through L{pothead.worker.flow.BatchedCalls}
 after the call's last write and finish, and whether the app raised is a
 flag its thread sets before that hand-over (so the reactor reads it after).
 
-C{prometheus_client}'s Twisted resource runs a scrape in the reactor's
-thread pool, not in the reactor thread, while the reactor goes on
-counting.  L{WorkerCollector} reads without a lock and without waiting
-for the reactor (which, stopping, joins that pool: a scrape waiting for
-it then would hang the exit): it copies each dict and list of counts
-whole first, which CPython does in one step under the GIL (no Python
-code runs during C{dict.copy} of int and str keys, nor during C{list()}
-of a list of ints), and reads each slot's connections from a copy of
-their set.  A scrape may then see one job counted and not yet timed, or
-a slot change state halfway through the scrape: off by one for one
-scrape, never an error.
+A scrape runs on the reactor thread too (L{pothead.admin_web} writes
+C{/metrics} there), so L{WorkerCollector} reads the counts as they stand
+between two events, with no lock.  One job may still be seen counted
+and not yet timed, its app call over and its time not yet observed:
+off by one for that scrape.
 """
 
 from __future__ import annotations
@@ -142,29 +136,6 @@ class WorkerMetrics:
             self.admission_waits += 1
 
 
-def _copy(distribution: Distribution) -> Distribution:
-    copy = Distribution()
-    copy.counts = list(distribution.counts)
-    copy.sum = distribution.sum
-    return copy
-
-
-class _Snapshot:
-    """The counts and slot states, copied (see the module's docstring)."""
-
-    def __init__(self, metrics: WorkerMetrics, slots: Sequence) -> None:
-        self.states = dict.fromkeys(SLOT_STATES, 0)
-        for slot in list(slots):
-            self.states[slot.state] += 1
-        self.jobs = sorted(
-            metrics.jobs.copy().items(), key=lambda item: -1 if item[0] is None else item[0])
-        self.app_errors = metrics.app_errors
-        self.app_time = _copy(metrics.app_time)
-        self.attach_failures = sorted(metrics.attach_failures.copy().items())
-        self.admission_waits = metrics.admission_waits
-        self.admission_wait = _copy(metrics.admission_wait)
-
-
 class WorkerCollector(Collector):
     """
     A Prometheus collector of one worker's slots and counts.
@@ -181,17 +152,21 @@ class WorkerCollector(Collector):
         self._pool = pool
 
     def collect(self) -> Iterator:
-        now = _Snapshot(self._metrics, self._slots())
+        now = self._metrics
         pool = self._pool
+        states = dict.fromkeys(SLOT_STATES, 0)
+        for slot in self._slots():
+            states[slot.state] += 1
         yield gauge(
             "pothead_worker_slots", "This worker's slots, by what each is doing.",
-            ["pool", "state"], (([pool, state], count) for state, count in now.states.items()))
+            ["pool", "state"], (([pool, state], count) for state, count in states.items()))
         yield counter(
             "pothead_worker_jobs",
             "Jobs the app was called for (a sidecar: relayed to its upstream), by the "
             "status code of the response begun ('none': none was, the hub was gone).",
             ["pool", "code"],
-            (([pool, "none" if code is None else str(code)], count) for code, count in now.jobs))
+            (([pool, "none" if code is None else str(code)], count) for code, count in sorted(
+                now.jobs.items(), key=lambda item: -1 if item[0] is None else item[0])))
         yield counter(
             "pothead_worker_app_errors",
             "Jobs whose app call raised (a sidecar: whose upstream failed): answered "
@@ -205,7 +180,8 @@ class WorkerCollector(Collector):
         yield counter(
             "pothead_worker_attach_failures",
             "Attempts to attach to a hub that failed, by reason.",
-            ["pool", "reason"], (([pool, reason], count) for reason, count in now.attach_failures))
+            ["pool", "reason"],
+            (([pool, reason], count) for reason, count in sorted(now.attach_failures.items())))
         yield counter(
             "pothead_worker_admission_waits",
             "Slot admissions that were not granted at once (the gate was closed).",
