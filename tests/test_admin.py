@@ -25,7 +25,7 @@ from pothead.hub.limits import Limits
 from tests.harness import wait_for
 from tests.http import Client
 from tests.loopback import start_hub
-from tests.processes import get, get_eventually
+from tests.processes import Twistd, get, get_eventually
 from tests.processes import start_hub as start_hub_process
 from tests.test_late_binding import gated
 
@@ -267,7 +267,7 @@ def test_the_admin_port_from_the_command_line(tmp_path, started):
 def test_json_log_format(tmp_path, started):
     """
     With --log-format json every line the hub writes is one JSON object,
-    the access log's carrying its fields.
+    the access log's carrying its fields; and every line a worker writes.
     """
     hub, (consumer, worker_port) = start_hub_process(
         tmp_path, "--log-format", "json", "--queue-timeout", "0.2")
@@ -275,11 +275,20 @@ def test_json_log_format(tmp_path, started):
     status, _ = get(f"http://127.0.0.1:{consumer}/nobody-serves")
     assert status == 503
     hub.wait_for(r'"status": 503')
+    worker = Twistd("pothead-worker", "--app", "pothead.demo:app", "--hub",
+                    f"tcp:127.0.0.1:{worker_port}", "--log-format", "json", cwd=tmp_path)
+    started.append(worker)
+    hub.wait_for(r"attached to pool default")
+    assert get_eventually(f"http://127.0.0.1:{consumer}/?width=4&height=2")[0] == 200
+    assert worker.stop() == 0
+    lines = [json.loads(line) for line in worker.output.splitlines() if line.strip()]
+    assert any("draining" in line["text"] for line in lines), lines[-3:]
     assert hub.stop() == 0
     events = [json.loads(line) for line in hub.output.splitlines() if line.strip()]
     assert any("ConsumerFactory starting on" in event["text"] for event in events)
     access = [event for event in events if event.get("log_namespace") == "pothead.access"]
-    assert len(access) == 1
+    assert len(access) == 2
+    assert access[1]["status"] == 200 and "@127.0.0.1:" in access[1]["worker"]
     assert (access[0]["method"], access[0]["target"], access[0]["status"]) == (
         "GET", "/nobody-serves", 503)
     assert access[0]["worker"] is None and access[0]["queue_seconds"] >= 0.2

@@ -189,6 +189,7 @@ def test_worker_options(monkeypatch):
         "upstream-wait": 30.0,
         "upstream-health": None,
         "admin": None,
+        "log-format": "text",
     }
 
 

@@ -60,6 +60,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from pothead.exit import exit_cleanly
+from pothead.logs import LogFormatChoice
 from pothead.worker.admission import SHARED_DIR_ENV
 
 _log = Logger()
@@ -144,9 +145,11 @@ def child_options(config: Any) -> list[str]:
     argv = []
     for name, *_ in config.optParameters:
         value = config[name]
-        if value is None or name == "admin":
+        if value is None or name in ("admin", "log-format"):
             # --admin never reaches a child: N children cannot share one
-            # port (and the options refuse it beside --processes).
+            # port (and the options refuse it beside --processes).  Nor
+            # does --log-format: the parent relays children's lines as its
+            # own events, in its format.
             continue
         if name == "app-dir":
             value = os.path.abspath(value)
@@ -286,7 +289,7 @@ class ChildProtocol(ProcessProtocol):
         self._partial = {1: b"", 2: b""}
 
 
-class ProcessSupervisor(Service):
+class ProcessSupervisor(LogFormatChoice, Service):
     """
     Keeps C{count} children running C{command}; see the module's
     docstring for what it does when.

@@ -29,6 +29,7 @@ from twisted.web.server import Site
 from zope.interface import implementer
 
 from pothead.exit import exit_cleanly
+from pothead.logs import LogFormatChoice
 from pothead.worker.admission import FixedAdmission, IAdmission
 from pothead.worker.attach_client import HubLines, WorkerSlot
 from pothead.worker.environ import WSGIApp, behind_hub
@@ -70,7 +71,7 @@ class AppThreadsService(Service):
         return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self.pool.stop)
 
 
-class WorkerService(MultiService):
+class WorkerService(LogFormatChoice, MultiService):
     """
     A worker's slots and thread pool, which drains before it stops.
 

@@ -14,6 +14,7 @@ from twisted.application.service import Service
 from twisted.python import usage
 
 from pothead.attach import DEFAULT_POOL
+from pothead.logs import log_format
 from pothead.options import require_positive
 from pothead.tokens import TokenError, load_token
 from pothead.worker.admission import CpuAdmission, PollAdmission, parse_admission
@@ -145,6 +146,10 @@ class Options(usage.Options):
          "Serve /metrics (Prometheus) and /healthz on this endpoint, e.g. "
          "tcp:9091:interface=127.0.0.1 (default: off; one worker process only, "
          "not with --processes)."],
+        ["log-format", None, "text",
+         "'text', or 'json': every log line as one JSON object per line on standard "
+         "output, for log shippers (with --processes, the parent's, children's lines "
+         "among them).", log_format],
     ]
 
     optFlags = [
@@ -290,10 +295,12 @@ def makeService(config: Options) -> Service:
     from twisted.internet import reactor
 
     if config.get("processes", 1) > 1:
-        return supervisor(reactor, config)
-    service = _worker(reactor, config)
-    if config["admin"] is not None:
-        strports.service(config["admin"], service.admin_site()).setServiceParent(service)
+        service = supervisor(reactor, config)
+    else:
+        service = _worker(reactor, config)
+        if config["admin"] is not None:
+            strports.service(config["admin"], service.admin_site()).setServiceParent(service)
+    service.log_format = config["log-format"]
     return service
 
 
