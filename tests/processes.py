@@ -207,3 +207,26 @@ def read_by_server(port: int) -> int:
                     and int(queues.split(":")[1], 16) == 0):
                 count += 1
     return count
+
+
+#: The repository, where a worker finds the test apps (C{tests.apps}).
+ROOT = Path(__file__).parent.parent
+
+
+def start_worker(tmp_path: Path, worker_port: int, log: Path, *argv: str,
+                 sleep_scale: float = 1) -> Twistd:
+    """
+    A worker serving L{tests.apps.faults}, which notes every call in
+    C{log} and sleeps C{sleep_scale} times what a request asks.
+    """
+    return Twistd(
+        "pothead-worker", "--app", "tests.apps.faults:app", "--app-dir", str(ROOT),
+        "--hub", f"tcp:127.0.0.1:{worker_port}", *argv,
+        cwd=tmp_path,
+        env={"POTHEAD_TEST_LOG": str(log), "POTHEAD_TEST_SLEEP_SCALE": str(sleep_scale)},
+    )
+
+
+def invocations(log: Path) -> list[str]:
+    """The calls a L{start_worker} app noted, one line each: pid, method, path."""
+    return log.read_text().splitlines() if log.exists() else []

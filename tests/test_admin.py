@@ -22,12 +22,12 @@ from pothead.attach import attach_request
 from pothead.hub.admin import hub_admin_site
 from pothead.hub.history import INTERVAL, History
 from pothead.hub.limits import Limits
+from tests.apps.wsgi import gated
 from tests.harness import wait_for
 from tests.http import Client
 from tests.loopback import start_hub
 from tests.processes import Twistd, get, get_eventually
 from tests.processes import start_hub as start_hub_process
-from tests.test_late_binding import gated
 
 
 def metric(text: str, name: str, **labels: str) -> float:

@@ -41,10 +41,11 @@ from pothead.hub.slot import Slot
 from pothead.worker.attach_client import HubLines, Offer
 from pothead.worker.service import worker_service
 from tests import test_late_binding as late_binding
+from tests.apps.wsgi import gated
 from tests.harness import GET, HubHarness, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
-from tests.test_late_binding import Waiting, counting, gated
+from tests.test_late_binding import Waiting, counting
 
 ATTACHED_WITH_BIDS = (
     b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: ptth\r\nConnection: Upgrade\r\n"

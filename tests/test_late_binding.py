@@ -26,6 +26,7 @@ from pothead.hub.job import MAX_REQUEUE_SIGNALS
 from pothead.worker.attach_client import WorkerSlot
 from pothead.worker.service import worker_service
 from pothead.worker.slot_server import SlotServer
+from tests.apps.wsgi import gated
 from tests.harness import GET, HubHarness, InThisThread, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
@@ -161,19 +162,6 @@ def test_an_offer_answered_after_the_slot_was_taken_detaches_at_once():
     late.transport.clear()
     late.dataReceived(ATTACHED)
     assert late.transport.value() == WITHDRAW_NOTICE
-
-
-def gated(calls: list, gate: threading.Event):
-    """A WSGI app that notes each call and, for /hold, waits for C{gate} (bounded)."""
-
-    def app(environ, start_response):
-        calls.append(environ["PATH_INFO"])
-        if environ["PATH_INFO"] == "/hold":
-            gate.wait(10)
-        start_response("200 OK", [("Content-Length", "2")])
-        return [b"ok"]
-
-    return app
 
 
 @pytest.mark.net

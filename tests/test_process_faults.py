@@ -11,31 +11,19 @@ import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 
-from tests.processes import Twistd, get, read_by_server, start_hub, wait_until
+from tests.processes import (
+    get,
+    invocations,
+    read_by_server,
+    start_hub,
+    start_worker,
+    wait_until,
+)
 
 pytestmark = pytest.mark.process
-
-ROOT = Path(__file__).parent.parent
-
-
-
-
-def start_worker(tmp_path, worker_port, log, *argv, sleep_scale=1):
-    return Twistd(
-        "pothead-worker", "--app", "tests.apps.faults:app", "--app-dir", str(ROOT),
-        "--hub", f"tcp:127.0.0.1:{worker_port}", *argv,
-        cwd=tmp_path,
-        env={"POTHEAD_TEST_LOG": str(log), "POTHEAD_TEST_SLEEP_SCALE": str(sleep_scale)},
-    )
-
-
-def invocations(log: Path) -> list[str]:
-    return log.read_text().splitlines() if log.exists() else []
-
 
 @pytest.mark.parametrize("method, expected", [("POST", 502), ("GET", 200)])
 def test_worker_killed_mid_request(tmp_path, started, method, expected):

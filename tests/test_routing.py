@@ -31,9 +31,8 @@ from pothead.hub.routing import (
 from tests.harness import HubHarness, status, wait_for
 from tests.http import Client
 from tests.loopback import start_hub
-from tests.processes import get
+from tests.processes import get, invocations, start_worker
 from tests.processes import start_hub as start_hub_process
-from tests.test_process_faults import invocations, start_worker
 
 SERVICES = [
     parse_pool("thumbs:host=thumbs.example.com,*.thumbs.example.com"),

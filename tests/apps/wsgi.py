@@ -266,3 +266,16 @@ class FidelityApp:
             yield b"last\n" if released else b"gate never opened\n"
 
         return body()
+
+
+def gated(calls: list, gate: threading.Event):
+    """A WSGI app that notes each call and, for /hold, waits for C{gate} (bounded)."""
+
+    def app(environ, start_response):
+        calls.append(environ["PATH_INFO"])
+        if environ["PATH_INFO"] == "/hold":
+            gate.wait(10)
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
+
+    return app
