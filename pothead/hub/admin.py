@@ -146,14 +146,14 @@ def pool_status(pool: Pool, now: float) -> dict:
     """What C{/status.json} says of one pool, but its history."""
     slots = []
     for slot in sorted(pool.slots, key=lambda slot: slot.worker):
-        job = slot.job
+        job, state = slot.job, slot.state
         if job is not None and job.pool is not pool:
             # A slot serving several pools, busy with another's job.
-            job = None
+            job, state = None, "elsewhere"
         entry = {
             "worker": slot.worker,
             "peer": host_port(slot.transport.getPeer()) if slot.transport else None,
-            "state": slot.state if job is not None or slot.job is None else "elsewhere",
+            "state": state,
             "hubs": slot.offered_to,
             "pools": pool_names(slot.pool),
             "jobs_served": slot.served,

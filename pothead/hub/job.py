@@ -529,12 +529,14 @@ class Job:
         The consumer has its whole answer: the job's times are settled, and
         counted.
         """
+        # The hub's clock is the wall clock: a step back (NTP) must not
+        # make a negative duration.
         now = self._clock.seconds()
         taken = self.taken_at
-        self.queue_seconds = (now if taken is None else taken) - self.queued_at
+        self.queue_seconds = max(0.0, (now if taken is None else taken) - self.queued_at)
         if taken is not None:
-            self.worker_seconds = (self.worker_done_at or now) - taken
-        self.pool.metrics.finished(self, now)
+            self.worker_seconds = max(0.0, (self.worker_done_at or now) - taken)
+        self.pool.metrics.finished(self, max(0.0, now - self.queued_at))
 
     def abort(self) -> None:
         """

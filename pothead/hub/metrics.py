@@ -40,12 +40,12 @@ class FinishedJob(Protocol):
     What a pool's metrics read of a job that is over (L{pothead.hub.job.Job}).
     """
 
-    #: Whether it joined the queue; when it arrived; when a slot last took
-    #: it, and when that slot's worker had answered (L{None}: never).
+    #: Whether it joined the queue; how long it waited for the slot that
+    #: answered it, and how long that slot's worker took (L{None}: no
+    #: slot took it).
     waited: bool
-    queued_at: float
-    taken_at: float | None
-    worker_done_at: float | None
+    queue_seconds: float
+    worker_seconds: float | None
 
     #: C{"worker"} or C{"hub"}: who answered it.
     answered_by: str
@@ -104,22 +104,19 @@ class PoolMetrics:
         self.queued_peak = 0
         self.recent_waits: list[float] | None = None
 
-    def finished(self, job: FinishedJob, now: float) -> None:
+    def finished(self, job: FinishedJob, total: float) -> None:
         """
-        C{job}'s consumer has its whole answer, at C{now}.
+        C{job}'s consumer has its whole answer, C{total} seconds after it
+        arrived.
         """
-        # The hub's clock is the wall clock: a step back (NTP) must not
-        # make a negative duration.
-        taken = job.taken_at
         if job.waited:
-            waited = max(0.0, (now if taken is None else taken) - job.queued_at)
-            self.queue_wait.observe(waited)
+            self.queue_wait.observe(job.queue_seconds)
             recent = self.recent_waits
             if recent is not None and len(recent) < RECENT_WAITS:
-                recent.append(waited)
-        if taken is not None:
-            self.worker_time.observe(max(0.0, (job.worker_done_at or now) - taken))
-        self.total_time.observe(max(0.0, now - job.queued_at))
+                recent.append(job.queue_seconds)
+        if job.worker_seconds is not None:
+            self.worker_time.observe(job.worker_seconds)
+        self.total_time.observe(total)
         code = job.code
         # A worker may answer any three-digit status: those HTTP does not
         # define are counted together, so the label stays bounded.
